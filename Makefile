@@ -1,0 +1,58 @@
+# shiftstream developer tasks. `make help` lists them.
+PYTHON ?= .venv/bin/python
+VENV := .venv
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## List the targets with their descriptions
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet torch==2.13.0
+	$(VENV)/bin/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+.PHONY: install
+install: $(VENV)/.installed ## Create .venv and install shiftstream with its dev extra
+
+.PHONY: test
+test: install ## Run the whole test suite (unit + integration on the embedded broker)
+	$(PYTHON) -m pytest
+
+.PHONY: test-unit
+test-unit: install ## Run the tests that need no broker
+	$(PYTHON) -m pytest -m "not integration"
+
+.PHONY: lint
+lint: install ## ruff (lint + format check) and mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+.PHONY: fmt
+fmt: install ## Format and autofix with ruff
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+.PHONY: broker
+broker: install ## Start the embedded Kafka-compatible broker on 127.0.0.1:9092
+	$(PYTHON) -m stream.broker --port 9092
+
+.PHONY: demo
+demo: install ## Run the main job end to end on the embedded broker (see README)
+	$(PYTHON) -m stream run ml-1m --data-dir ../shared/data/ml-1m-subset --out runs/demo
+
+.PHONY: bench
+bench: install ## Run the benchmark scripts under bench/ (prints tables)
+	@for script in bench/bench_*.py; do echo "== $$script"; $(PYTHON) $$script || exit 1; done
+
+.PHONY: up
+up: ## docker compose up (Apache Kafka + worker + replayer; needs Docker)
+	docker compose up --build
+
+.PHONY: down
+down: ## docker compose down
+	docker compose down

@@ -1,0 +1,91 @@
+"""The one interface every shiftstream recommender implements.
+
+Shape legend used across ``models/``: B batch, L sequence length, D model width, I catalogue size
+(including the padding index 0), U users in a streaming batch.
+
+Offline (training, evaluation)::
+
+    hidden = model(items, times)        # items [B, L] long, right-padded with 0; times [B, L] s
+    scores = model.score(hidden)        # [..., D] -> [..., I], padding column is -inf
+    loss = model.loss(items, times, targets)   # targets [B, L], 0 = not supervised
+
+Streaming (predict, then score, then update; one event per user per call)::
+
+    state = model.init_state(n_users)
+    state, hidden = model.step(state, items, times)   # items [U], times [U] -> hidden [U, D]
+
+``hidden`` after consuming event t ranks the candidates for event t+1. ``adapt=False`` runs the
+same step with test-time adaptation switched off (the ``frozen`` variant in streaming runs).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.state import State
+
+PADDING_ITEM = 0
+
+
+@dataclass
+class SeqRecConfig:
+    """Fields every model config has; each model's config dataclass extends it."""
+
+    n_items: int = 3953  # catalogue size I, index 0 is padding
+    d_model: int = 64  # embedding and hidden width D
+    max_len: int = 50  # training window and windowed-streaming length
+
+
+class SeqRecModel(nn.Module, ABC):
+    name: ClassVar[str]
+    state_type: ClassVar[type[State]]
+    config: SeqRecConfig
+    item_embedding: nn.Embedding  # [I, D], tied with the output layer
+
+    @abstractmethod
+    def forward(self, items: Tensor, times: Tensor) -> Tensor:
+        """items [B, L] (right-padded with 0), times [B, L] seconds -> hidden [B, L, D]."""
+
+    def score(self, hidden: Tensor) -> Tensor:
+        """Full-catalogue scores through the tied item embedding; padding gets -inf."""
+        scores = hidden @ self.item_embedding.weight.T  # [..., I]
+        scores[..., PADDING_ITEM] = float("-inf")
+        return scores
+
+    def loss(self, items: Tensor, times: Tensor, targets: Tensor) -> Tensor:
+        """Full-softmax cross-entropy at every position whose target is not padding."""
+        hidden = self(items, times)  # [B, L, D]
+        supervised = targets != PADDING_ITEM  # [B, L]
+        logits = hidden[supervised] @ self.item_embedding.weight.T  # [N, I]
+        logits[:, PADDING_ITEM] = float("-inf")
+        return F.cross_entropy(logits, targets[supervised])
+
+    @abstractmethod
+    def init_state(self, n_users: int) -> State:
+        """Fresh per-user streaming state for ``n_users`` users (on the module's device)."""
+
+    @abstractmethod
+    def step(
+        self, state: State, items: Tensor, times: Tensor, adapt: bool = True
+    ) -> tuple[State, Tensor]:
+        """Advance each user by one event: items [U], times [U] -> (state, hidden [U, D])."""
+
+    def shift_score(self, state: State) -> Tensor | None:
+        """Per-user shift score after the last step ([U]), for models that have one."""
+        return None
+
+    @property
+    def device(self) -> torch.device:
+        return self.item_embedding.weight.device
+
+
+def last_positions(hidden: Tensor, lengths: Tensor) -> Tensor:
+    """hidden [B, L, D], lengths [B] -> hidden at each row's last real item, [B, D]."""
+    index = (lengths - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])
+    return hidden.gather(1, index).squeeze(1)

@@ -1,0 +1,94 @@
+"""Checkpoints without pickle: safetensors weights plus JSON metadata in the same file.
+
+Metadata keys: ``model`` (registry name), ``config`` (the config dataclass as JSON), ``vocab``
+(raw item ids in index order, index 0 = padding), ``data_fingerprint``, ``metrics`` and
+``extra`` (JSON). The checkpoint hash is the SHA-256 of the file (first 16 hex digits); it is
+written into every serialised per-user state so states never outlive their weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import safetensors
+import safetensors.torch
+import torch
+
+from models.base import SeqRecModel
+from models.registry import REGISTRY
+
+
+@dataclass
+class Checkpoint:
+    model: SeqRecModel
+    vocab: list[int]  # raw item id at each index; vocab[0] is padding (-1)
+    checkpoint_hash: str
+    data_fingerprint: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def file_hash(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: SeqRecModel,
+    vocab: list[int],
+    data_fingerprint: str = "",
+    metrics: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> str:
+    """Write atomically (temp file, then rename); return the checkpoint hash."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {
+        "model": model.name,
+        "config": json.dumps(dataclasses.asdict(model.config)),
+        "vocab": json.dumps(vocab),
+        "data_fingerprint": data_fingerprint,
+        "metrics": json.dumps(metrics or {}),
+        "extra": json.dumps(extra or {}),
+    }
+    partial = path.with_suffix(path.suffix + ".partial")
+    safetensors.torch.save_model(model, str(partial), metadata=metadata)
+    partial.replace(path)
+    return file_hash(path)
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    with safetensors.safe_open(str(path), framework="pt") as handle:
+        return dict(handle.metadata() or {})
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Checkpoint:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    metadata = read_metadata(path)
+    name = metadata.get("model", "")
+    if name not in REGISTRY:
+        raise ValueError(f"checkpoint {path} is for unknown model {name!r}")
+    config_type, model_type = REGISTRY[name]
+    config = config_type(**json.loads(metadata["config"]))
+    model = model_type(config)
+    safetensors.torch.load_model(model, str(path), device=str(device))
+    model.to(device).eval()
+    return Checkpoint(
+        model=model,
+        vocab=json.loads(metadata["vocab"]),
+        checkpoint_hash=file_hash(path),
+        data_fingerprint=metadata.get("data_fingerprint", ""),
+        metrics=json.loads(metadata.get("metrics", "{}")),
+        extra=json.loads(metadata.get("extra", "{}")),
+    )

@@ -1,0 +1,120 @@
+"""Interaction logs as polars frames, in the one global event order every model sees.
+
+Every loader returns an ``InteractionLog`` whose ``events`` frame has the columns of
+``EVENT_SCHEMA``, already ordered by (event time, user, original row order) with ``event_id``
+0..N-1 assigned in that order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+EVENT_SCHEMA: dict[str, pl.DataType] = {
+    "event_id": pl.Int64(),
+    "user": pl.Int64(),
+    "item": pl.Int64(),
+    "rating": pl.Float64(),  # null when the log has no ratings
+    "time": pl.Float64(),  # event time, seconds since the epoch
+    "cohort": pl.Boolean(),  # ground truth: user in a shifted cohort
+    "shifted": pl.Boolean(),  # ground truth: event after the user's shift
+}
+
+ML1M_FIELDS = ("user", "item", "rating", "time")
+
+
+@dataclass
+class MalformedLines:
+    """Lines that could not be parsed: counted, the first few kept with their line numbers."""
+
+    count: int = 0
+    examples: list[tuple[int, str]] = field(default_factory=list)  # (line number, text)
+
+
+@dataclass
+class InteractionLog:
+    name: str
+    events: pl.DataFrame  # EVENT_SCHEMA, ordered, event_id assigned
+    items: pl.DataFrame | None = None  # item, title, genres (list[str]) when known
+    malformed: MalformedLines = field(default_factory=MalformedLines)
+
+
+def order_events(frame: pl.DataFrame) -> pl.DataFrame:
+    """Stable order by (time, user, original row order); assign ``event_id`` in that order."""
+    defaults = {"rating": None, "cohort": False, "shifted": False}
+    for column, value in defaults.items():
+        if column not in frame.columns:
+            frame = frame.with_columns(pl.lit(value).alias(column))
+    return (
+        frame.with_row_index("_row")
+        .sort(["time", "user", "_row"], maintain_order=True)
+        .drop("_row")
+        .with_row_index("event_id")
+        .select([pl.col(name).cast(dtype) for name, dtype in EVENT_SCHEMA.items()])
+    )
+
+
+def read_ml1m_ratings(path: Path, examples: int = 5) -> tuple[pl.DataFrame, MalformedLines]:
+    """Parse ``UserID::MovieID::Rating::Timestamp`` lines; malformed lines are counted, not fatal."""
+    raw = pl.read_csv(
+        path,
+        has_header=False,
+        separator="\x1f",  # a byte that never occurs: one column per line
+        quote_char=None,
+        new_columns=["line"],
+        schema={"line": pl.String()},
+    ).with_row_index("line_no", offset=1)
+    fields = pl.col("line").str.split("::")
+    parsed = raw.with_columns(
+        fields.list.len().alias("_n"),
+        *[
+            fields.list.get(i, null_on_oob=True).str.strip_chars().cast(pl.Int64, strict=False).alias(name)
+            for i, name in enumerate(ML1M_FIELDS)
+        ],
+    )
+    valid = (
+        (pl.col("_n") == 4)
+        & pl.all_horizontal(pl.col(list(ML1M_FIELDS)).is_not_null())
+        & (pl.col("user") >= 0)
+        & (pl.col("item") >= 0)
+    )
+    bad = parsed.filter(~valid)
+    malformed = MalformedLines(
+        count=bad.height,
+        examples=[(int(n), str(line)) for n, line in bad.select("line_no", "line").head(examples).rows()],
+    )
+    good = parsed.filter(valid).select(
+        pl.col("user"),
+        pl.col("item"),
+        pl.col("rating").cast(pl.Float64),
+        pl.col("time").cast(pl.Float64),
+    )
+    return good, malformed
+
+
+def read_ml1m_movies(path: Path) -> pl.DataFrame:
+    """``MovieID::Title::Genres`` (Latin-1) -> item, title, genres (list of str)."""
+    text = path.read_bytes().decode("latin-1")
+    rows = [line.split("::") for line in text.splitlines() if line.strip()]
+    rows = [row for row in rows if len(row) == 3 and row[0].isdigit()]
+    return pl.DataFrame(
+        {
+            "item": [int(row[0]) for row in rows],
+            "title": [row[1] for row in rows],
+            "genres": [row[2].split("|") for row in rows],
+        },
+        schema={"item": pl.Int64(), "title": pl.String(), "genres": pl.List(pl.String())},
+    )
+
+
+def load_ml1m_dir(data_dir: Path, name: str = "ml-1m") -> InteractionLog:
+    """ML-1M from a folder holding ``ratings.dat`` (and optionally ``movies.dat``)."""
+    ratings = data_dir / "ratings.dat"
+    if not ratings.is_file():
+        raise FileNotFoundError(f"{data_dir} has no ratings.dat (expected the ML-1M layout)")
+    events, malformed = read_ml1m_ratings(ratings)
+    movies = data_dir / "movies.dat"
+    items = read_ml1m_movies(movies) if movies.is_file() else None
+    return InteractionLog(name=name, events=order_events(events), items=items, malformed=malformed)

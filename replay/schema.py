@@ -1,0 +1,134 @@
+"""The wire format of the ``interactions`` topic: compact, versioned JSON.
+
+Every value carries ``"v"`` (schema version) and ``"k"`` (kind): ``"ev"`` for an interaction,
+``"eos"`` for the end-of-stream marker the replayer sends to every partition after the last
+event. Keys are the user id as ASCII bytes, so a user's events share a partition and stay in order.
+Event time travels in the payload (seconds since the epoch), never as the Kafka record timestamp:
+year-2000 record timestamps would make time-based retention delete the log.
+
+>>> event = Interaction(event_id=7, user=3, item=1193, rating=5.0, time=978300760.0, dataset="ml-1m")
+>>> decode(encode(event)) == event
+True
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+class MalformedRecord(ValueError):
+    """A record that cannot be decoded; the message names what is wrong."""
+
+
+@dataclass(frozen=True, slots=True)
+class Interaction:
+    event_id: int  # position in the one global (event time, user, row) order
+    user: int  # dataset user id
+    item: int  # dataset item id
+    rating: float | None  # explicit rating when the log has one
+    time: float  # event time, seconds since the epoch
+    dataset: str  # dataset name, e.g. "ml-1m"
+    cohort: bool = False  # ground truth: the user belongs to an injected/synthetic shift cohort
+    shifted: bool = False  # ground truth: this event comes after the user's shift
+
+
+@dataclass(frozen=True, slots=True)
+class EndOfStream:
+    partition: int  # the partition this marker was sent to
+    partitions: int  # partition count of the topic
+    total_events: int  # events in the whole replay, all partitions
+    partition_events: int  # events this replay sent to this partition
+
+
+Record = Interaction | EndOfStream
+
+
+def user_key(user: int) -> bytes:
+    return str(user).encode("ascii")
+
+
+def encode(record: Record) -> bytes:
+    if isinstance(record, Interaction):
+        payload: dict[str, Any] = {
+            "v": SCHEMA_VERSION,
+            "k": "ev",
+            "id": record.event_id,
+            "u": record.user,
+            "i": record.item,
+            "r": record.rating,
+            "t": record.time,
+            "ds": record.dataset,
+        }
+        if record.cohort or record.shifted:
+            payload["c"] = int(record.cohort)
+            payload["s"] = int(record.shifted)
+    else:
+        payload = {
+            "v": SCHEMA_VERSION,
+            "k": "eos",
+            "p": record.partition,
+            "np": record.partitions,
+            "n": record.total_events,
+            "pn": record.partition_events,
+        }
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def decode(data: bytes | str | None) -> Record:
+    """Decode one value; raise ``MalformedRecord`` naming the problem."""
+    if data is None:
+        raise MalformedRecord("empty value (tombstone)")
+    try:
+        payload = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise MalformedRecord(f"not JSON: {error}") from error
+    if not isinstance(payload, dict):
+        raise MalformedRecord(f"expected a JSON object, got {type(payload).__name__}")
+    version = payload.get("v")
+    if version != SCHEMA_VERSION:
+        raise MalformedRecord(f"unsupported schema version {version!r} (expected {SCHEMA_VERSION})")
+    kind = payload.get("k")
+    if kind == "ev":
+        return _decode_interaction(payload)
+    if kind == "eos":
+        return EndOfStream(
+            partition=_int(payload, "p"),
+            partitions=_int(payload, "np"),
+            total_events=_int(payload, "n"),
+            partition_events=_int(payload, "pn"),
+        )
+    raise MalformedRecord(f"unknown record kind {kind!r}")
+
+
+def _decode_interaction(payload: dict[str, Any]) -> Interaction:
+    rating = payload.get("r")
+    if rating is not None and not isinstance(rating, int | float):
+        raise MalformedRecord(f"field 'r' (rating) must be a number or null, got {rating!r}")
+    time = payload.get("t")
+    if not isinstance(time, int | float) or isinstance(time, bool) or not math.isfinite(time):
+        raise MalformedRecord(f"field 't' (event time) must be a finite number, got {time!r}")
+    dataset = payload.get("ds")
+    if not isinstance(dataset, str):
+        raise MalformedRecord(f"field 'ds' (dataset) must be a string, got {dataset!r}")
+    return Interaction(
+        event_id=_int(payload, "id"),
+        user=_int(payload, "u"),
+        item=_int(payload, "i"),
+        rating=None if rating is None else float(rating),
+        time=float(time),
+        dataset=dataset,
+        cohort=bool(payload.get("c", 0)),
+        shifted=bool(payload.get("s", 0)),
+    )
+
+
+def _int(payload: dict[str, Any], field: str) -> int:
+    value = payload.get(field)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise MalformedRecord(f"field {field!r} must be a non-negative integer, got {value!r}")
+    return value
