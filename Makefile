@@ -41,9 +41,14 @@ fmt: install ## Format and autofix with ruff
 broker: install ## Start the embedded Kafka-compatible broker on 127.0.0.1:9092
 	$(PYTHON) -m stream.broker --port 9092
 
+# ML-1M comes from ML1M_DIR when set (default: the shared subset beside the checkout, if present),
+# else it is downloaded from GroupLens once and cached.
+ML1M_DIR ?= $(wildcard ../shared/data/ml-1m-subset)
+DEMO_DATA := $(if $(ML1M_DIR),--data-dir $(ML1M_DIR),)
+
 .PHONY: demo
 demo: install ## Run the main job end to end on the embedded broker (see README)
-	$(PYTHON) -m stream run ml-1m --data-dir ../shared/data/ml-1m-subset --out runs/demo
+	$(PYTHON) -m stream run ml-1m $(DEMO_DATA) --out runs/demo
 
 .PHONY: bench
 bench: install ## Run the benchmark scripts under bench/ (prints tables)

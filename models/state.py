@@ -130,7 +130,9 @@ def decode_state(
             f"the worker runs checkpoint {checkpoint!r}"
         )
     if header["state_type"] != state_type.__name__:
-        raise StateFormatError(f"state type {header['state_type']!r}, expected {state_type.__name__!r}")
+        raise StateFormatError(
+            f"state type {header['state_type']!r}, expected {state_type.__name__!r}"
+        )
     expected = [f.name for f in fields(state_type)]
     present = [entry["name"] for entry in header["fields"]]
     if present != expected:

@@ -57,7 +57,7 @@ def order_events(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def read_ml1m_ratings(path: Path, examples: int = 5) -> tuple[pl.DataFrame, MalformedLines]:
-    """Parse ``UserID::MovieID::Rating::Timestamp`` lines; malformed lines are counted, not fatal."""
+    """Parse ``UserID::MovieID::Rating::Timestamp``; malformed lines are counted, not fatal."""
     raw = pl.read_csv(
         path,
         has_header=False,
@@ -70,7 +70,10 @@ def read_ml1m_ratings(path: Path, examples: int = 5) -> tuple[pl.DataFrame, Malf
     parsed = raw.with_columns(
         fields.list.len().alias("_n"),
         *[
-            fields.list.get(i, null_on_oob=True).str.strip_chars().cast(pl.Int64, strict=False).alias(name)
+            fields.list.get(i, null_on_oob=True)
+            .str.strip_chars()
+            .cast(pl.Int64, strict=False)
+            .alias(name)
             for i, name in enumerate(ML1M_FIELDS)
         ],
     )
@@ -83,7 +86,9 @@ def read_ml1m_ratings(path: Path, examples: int = 5) -> tuple[pl.DataFrame, Malf
     bad = parsed.filter(~valid)
     malformed = MalformedLines(
         count=bad.height,
-        examples=[(int(n), str(line)) for n, line in bad.select("line_no", "line").head(examples).rows()],
+        examples=[
+            (int(n), str(line)) for n, line in bad.select("line_no", "line").head(examples).rows()
+        ],
     )
     good = parsed.filter(valid).select(
         pl.col("user"),

@@ -6,7 +6,7 @@ event. Keys are the user id as ASCII bytes, so a user's events share a partition
 Event time travels in the payload (seconds since the epoch), never as the Kafka record timestamp:
 year-2000 record timestamps would make time-based retention delete the log.
 
->>> event = Interaction(event_id=7, user=3, item=1193, rating=5.0, time=978300760.0, dataset="ml-1m")
+>>> event = Interaction(7, user=3, item=1193, rating=5.0, time=978300760.0, dataset="ml-1m")
 >>> decode(encode(event)) == event
 True
 """

@@ -91,7 +91,14 @@ class EmbeddedBroker:
     def start(self, ready_timeout_s: float = READY_TIMEOUT_S) -> str:
         check_port_free(self.host, self.port)
         url = f"tcp://{self.host}:{self.port}"
-        command = [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url]
+        command = [
+            tansu_binary(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+        ]
         self.process = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,
