@@ -24,6 +24,16 @@ EVENT_SCHEMA: dict[str, pl.DataType] = {
 
 ML1M_FIELDS = ("user", "item", "rating", "time")
 
+GROUND_TRUTH_SCHEMA: dict[str, pl.DataType] = {
+    "user": pl.Int64(),
+    "shift_time": pl.Float64(),  # event time of the shift (midpoint for gradual), epoch seconds
+    "kind": pl.String(),  # abrupt | gradual | genre-swap | item-permute | user-splice | ...
+    "width": pl.Float64(),  # sigmoid width in seconds for gradual shifts, 0 for abrupt ones
+    "old_topics": pl.List(pl.String()),  # topics/genres before the shift, when known
+    "new_topics": pl.List(pl.String()),  # topics/genres after the shift, when known
+    "details": pl.String(),  # JSON object with kind-specific facts (donor user, shock items, ...)
+}
+
 
 @dataclass
 class MalformedLines:
@@ -39,6 +49,7 @@ class InteractionLog:
     events: pl.DataFrame  # EVENT_SCHEMA, ordered, event_id assigned
     items: pl.DataFrame | None = None  # item, title, genres (list[str]) when known
     malformed: MalformedLines = field(default_factory=MalformedLines)
+    ground_truth: pl.DataFrame | None = None  # GROUND_TRUTH_SCHEMA, one row per shifted user
 
 
 def order_events(frame: pl.DataFrame) -> pl.DataFrame:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,3 +133,102 @@ def _int(payload: dict[str, Any], field: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise MalformedRecord(f"field {field!r} must be a non-negative integer, got {value!r}")
     return value
+
+
+# --- the compacted ``items`` topic: each item's first appearance in the stream -----------------
+
+
+@dataclass(frozen=True, slots=True)
+class ItemFirstSeen:
+    """First event of an item in the replayed stream; keyed by the item id (compacted topic).
+
+    A worker builds the candidate set of event ``t`` as the items whose ``first_event_id < t``.
+    """
+
+    item: int
+    first_event_id: int
+    first_time: float  # event time of that first event, seconds since the epoch
+    dataset: str
+
+
+def item_key(item: int) -> bytes:
+    return str(item).encode("ascii")
+
+
+def encode_item(record: ItemFirstSeen) -> bytes:
+    payload = {
+        "v": SCHEMA_VERSION,
+        "k": "item",
+        "i": record.item,
+        "id": record.first_event_id,
+        "t": record.first_time,
+        "ds": record.dataset,
+    }
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def decode_item(data: bytes | str | None) -> ItemFirstSeen:
+    """Decode one value of the items topic; raise ``MalformedRecord`` naming the problem."""
+    if data is None:
+        raise MalformedRecord("empty value (tombstone)")
+    try:
+        payload = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise MalformedRecord(f"not JSON: {error}") from error
+    if not isinstance(payload, dict):
+        raise MalformedRecord(f"expected a JSON object, got {type(payload).__name__}")
+    if payload.get("v") != SCHEMA_VERSION or payload.get("k") != "item":
+        raise MalformedRecord(
+            f"not an item record of schema {SCHEMA_VERSION}: v={payload.get('v')!r} "
+            f"k={payload.get('k')!r}"
+        )
+    time = payload.get("t")
+    if not isinstance(time, int | float) or isinstance(time, bool) or not math.isfinite(time):
+        raise MalformedRecord(f"field 't' (first event time) must be a finite number, got {time!r}")
+    dataset = payload.get("ds")
+    if not isinstance(dataset, str):
+        raise MalformedRecord(f"field 'ds' (dataset) must be a string, got {dataset!r}")
+    return ItemFirstSeen(
+        item=_int(payload, "i"),
+        first_event_id=_int(payload, "id"),
+        first_time=float(time),
+        dataset=dataset,
+    )
+
+
+# --- the replayer's hot path ------------------------------------------------------------------
+
+
+def interaction_encoder(dataset: str) -> Callable[..., bytes]:
+    """A fast ``encode`` for the interactions of one dataset: byte-identical to
+    ``encode(Interaction(...))`` (tested against it), without building a dataclass or a dict.
+
+    >>> fast = interaction_encoder("ml-1m")
+    >>> fast(7, 3, 1193, 5.0, 978300760.0, False, False) == encode(
+    ...     Interaction(7, 3, 1193, 5.0, 978300760.0, "ml-1m"))
+    True
+    """
+    prefix = '{"v":' + str(SCHEMA_VERSION) + ',"k":"ev","id":'
+    dataset_json = json.dumps(dataset)
+
+    def fast(
+        event_id: int,
+        user: int,
+        item: int,
+        rating: float | None,
+        time: float,
+        cohort: bool,
+        shifted: bool,
+    ) -> bytes:
+        if not math.isfinite(time) or (rating is not None and not math.isfinite(rating)):
+            return encode(Interaction(event_id, user, item, rating, time, dataset, cohort, shifted))
+        rating_json = "null" if rating is None else float.__repr__(float(rating))
+        text = (
+            f'{prefix}{int(event_id)},"u":{int(user)},"i":{int(item)},"r":{rating_json},'
+            f'"t":{float.__repr__(float(time))},"ds":{dataset_json}'
+        )
+        if cohort or shifted:
+            text += f',"c":{int(cohort)},"s":{int(shifted)}'
+        return (text + "}").encode()
+
+    return fast
