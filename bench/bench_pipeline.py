@@ -1,0 +1,197 @@
+"""End-to-end throughput, latency and memory per user of the streaming evaluation.
+
+Two pipelines on one broker, one after the other, replaying the same log at ``--speed max``:
+
+1. a *passthrough* worker: the same Faust app and agent loop, decode + one trivial record per
+   event, no models, no table;
+2. the evaluation worker with ``--models`` (default pop, SASRec, TTT4Rec at their default sizes,
+   seeded and untrained: the cost of a step does not depend on training).
+
+A third run replays the first half of the log *paced* at about half the measured model
+throughput; its latency (events produced once the worker is up) is the latency of a worker
+that keeps up.
+
+Throughput is measured in the steady state: 80 % of the events over the time between the 10 % and
+90 % quantiles of "prediction written" (the Kafka timestamp of the prediction record), so worker
+start-up and group join do not count. Latency is produced -> prediction written per event; at
+``--speed max`` it is dominated by the backlog (every event is produced within a second).
+Memory per user is the size of the serialized user snapshot (the table value) and of each model's
+state, averaged over the users.
+
+    python bench/bench_pipeline.py                       # synthetic, 6000 events, CPU
+    python bench/bench_pipeline.py --dataset ml-1m --events 20000 --device auto
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import polars as pl
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: this checkout
+
+from replay.datasets import InteractionLog, load_ml1m_dir
+from replay.pacing import parse_speed
+from replay.synthetic import SyntheticConfig, generate
+from stream.broker import EmbeddedBroker
+from stream.offline import evaluate_offline, interactions
+from stream.pipeline import Group, run_pipeline
+from stream.prequential import ScoringOptions
+from stream.runners import SeqRecRunner
+from stream.settings import Settings
+from stream.sink import PREDICTIONS_FILE
+from stream.testing import tiny_checkpoints
+from stream.userstate import encode_snapshot
+from stream.worker import build_runners
+
+ML1M = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-1m-subset"
+
+
+def load_log(dataset: str, events: int, data_dir: Path) -> InteractionLog:
+    if dataset == "ml-1m":
+        full = load_ml1m_dir(data_dir)
+        return InteractionLog(name="ml-1m-slice", events=full.events.head(events))
+    return generate(SyntheticConfig(users=max(50, events // 20), items=1000, events=events))
+
+
+def steady_rate(frame: pl.DataFrame) -> float:
+    written = frame["written_ms"].drop_nulls().sort()
+    low, high = written.quantile(0.1), written.quantile(0.9)
+    if low is None or high is None or high <= low:
+        return float("nan")
+    return 0.8 * written.len() / ((high - low) / 1000.0)
+
+
+def measure(out_dir: Path, model: str, settle_s: float | None = None) -> dict[str, float]:
+    """Throughput and latency; with ``settle_s``, latency only of events produced that long after
+    the first prediction was written (the worker is up and the start-up backlog is gone)."""
+    frame = pl.read_parquet(out_dir / PREDICTIONS_FILE).filter(pl.col("model") == model)
+    if settle_s is not None:
+        start = frame["written_ms"].min()
+        frame = frame.filter(pl.col("produced_ms") > start + settle_s * 1000.0)  # type: ignore[operator]
+    latency = frame["latency_ms"].drop_nulls()
+    return {
+        "events": float(frame.height),
+        "events_per_s": steady_rate(frame),
+        "latency_p50_ms": float(latency.quantile(0.5) or float("nan")),
+        "latency_p99_ms": float(latency.quantile(0.99) or float("nan")),
+    }
+
+
+def memory_per_user(log: InteractionLog, settings: Settings) -> dict[str, float]:
+    runners = build_runners(settings)
+    options = ScoringOptions(settings.candidates, settings.exclude_seen)  # type: ignore[arg-type]
+    sample = list(interactions(log))
+    _, snapshots = evaluate_offline(sample, runners, options, batch_size=256)
+    stateful = {r.name: r for r in runners if isinstance(r, SeqRecRunner)}
+    sizes = [len(encode_snapshot(s, stateful)) for s in snapshots.values()]
+    out = {"snapshot_bytes_per_user": sum(sizes) / max(len(sizes), 1)}
+    for name in stateful:
+        states = [s.states[name] for s in snapshots.values() if name in s.states]
+        out[f"{name}_state_bytes"] = sum(st.nbytes_per_user() for st in states) / max(
+            len(states), 1
+        )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", choices=["synthetic", "ml-1m"], default="synthetic")
+    parser.add_argument("--data-dir", type=Path, default=ML1M)
+    parser.add_argument("--events", type=int, default=6000)
+    parser.add_argument("--models", default="pop,sasrec,ttt4rec")
+    parser.add_argument("--device", default="cpu", help="auto, cpu or cuda")
+    parser.add_argument("--dtype", default="float64", choices=["float64", "float32"])
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--checkpoint-dir", type=Path, default=None, help="trained checkpoints")
+    parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: stop workers and broker
+
+    log = load_log(args.dataset, args.events, args.data_dir)
+    work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
+    checkpoints = args.checkpoint_dir
+    bases = sorted({m.split(":")[0] for m in args.models.split(",")} - {"pop"})
+    if checkpoints is None:
+        checkpoints = work / "checkpoints"
+        tiny_checkpoints(checkpoints, log, bases, configs={})  # default model sizes
+    base = Settings(
+        partitions=args.partitions,
+        models=args.models.split(","),
+        checkpoint_dir=str(checkpoints),
+        device=args.device,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        max_wait_ms=50.0,
+        sink_flush_s=3600.0,
+    )
+    results: dict[str, dict[str, float]] = {}
+    stamp = int(time.time())
+    with EmbeddedBroker(port=0) as bootstrap:
+        for label, passthrough in (("passthrough", True), ("models", False)):
+            settings = Settings(
+                **{
+                    **base.as_dict(),
+                    "app_id": f"bench-{label}-{stamp}",
+                    "interactions_topic": f"bench-in-{label}-{stamp}",
+                    "predictions_topic": f"bench-out-{label}-{stamp}",
+                    "dead_letter_topic": f"bench-dead-{label}-{stamp}",
+                    "passthrough": passthrough,
+                }
+            )
+            out = work / label
+            result = run_pipeline(log, [Group(settings, out)], bootstrap, timeout_s=3000)
+            assert result.state.complete(), result.state.summary()
+            models = ["passthrough"] if passthrough else [m for m in settings.models]
+            for model in models:
+                results[f"{label}:{model}"] = measure(out, model)
+        model_rate = results[f"models:{base.models[-1]}"]["events_per_s"]
+        paced = InteractionLog(log.name, log.events.head(log.events.height // 2))
+        times = paced.events["time"]
+        span_s = float(times[-1] - times[0])
+        factor = 0.5 * model_rate * span_s / paced.events.height
+        settings = Settings(
+            **{
+                **base.as_dict(),
+                "app_id": f"bench-paced-{stamp}",
+                "interactions_topic": f"bench-in-paced-{stamp}",
+                "predictions_topic": f"bench-out-paced-{stamp}",
+                "dead_letter_topic": f"bench-dead-paced-{stamp}",
+            }
+        )
+        out = work / "paced"
+        speed = {"speed": parse_speed(f"{factor:.0f}x"), "max_gap_s": 1.0}
+        run_pipeline(paced, [Group(settings, out)], bootstrap, 3000, replay_options=speed)
+        results[f"paced {factor:.0f}x:{base.models[-1]}"] = measure(out, base.models[-1], 5.0)
+    torch.set_num_threads(1)
+    memory = memory_per_user(
+        InteractionLog(log.name, log.events.head(min(3000, log.events.height))), base
+    )
+    passthrough_rate = results["passthrough:passthrough"]["events_per_s"]
+    print(f"\n{args.dataset}: {log.events.height} events, {log.events['user'].n_unique()} users, "
+          f"models {args.models}, device {args.device}, dtype {args.dtype}, "
+          f"batch {args.batch_size}, partitions {args.partitions}")  # fmt: skip
+    print(f"{'run:model':<32}{'events/s':>12}{'lat p50 ms':>14}{'lat p99 ms':>14}")
+    for name, row in results.items():
+        print(f"{name:<32}{row['events_per_s']:>12.1f}{row['latency_p50_ms']:>14.0f}"
+              f"{row['latency_p99_ms']:>14.0f}")  # fmt: skip
+    ratio = model_rate / passthrough_rate
+    print(f"models / passthrough throughput: {ratio:.3f} (target >= 0.5)")
+    for name, value in memory.items():
+        print(f"memory {name}: {value:,.0f} B")
+    if args.json:
+        args.json.write_text(json.dumps({"results": results, "memory": memory, "ratio": ratio,
+                                         "args": vars(args)}, default=str, indent=2))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

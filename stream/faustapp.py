@@ -1,0 +1,259 @@
+"""The Faust application: topics, the per-user state table, and the thin evaluation agent.
+
+``stream.app`` builds one from ``Settings.load()`` so that ``faust -A stream.app worker`` works;
+``create_app`` is the factory. The agent takes micro-batches (``take_events``), hands the model
+work to a dedicated single-thread executor, then, in this order:
+
+1. sends the batch's prediction records and waits for the broker's acknowledgements;
+2. writes every touched user's snapshot (bytes) to the table, inside the current-event context
+   of one of that user's events (faust-streaming #497 workaround, see ``write_in_event_context``);
+3. forwards end-of-stream markers (one per model) to ``predictions``.
+
+Faust acks the batch's offsets after the loop body, and flushes its producer (changelog included)
+before committing them. A crash anywhere before the commit redelivers the batch: users whose
+snapshot was written skip the events (``last_event_id``), the others recompute identical
+predictions from the previous snapshot, and the sink drops duplicates by (event id, model). So
+the predictions are written before the state: an outbox is not needed. Any unexpected error ends
+the worker process (exit 70) rather than letting Faust restart the agent past unacked events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import weakref
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, cast
+
+import faust
+from faust.streams import Stream, _current_event
+from faust.types import EventT
+
+from replay.schema import EndOfStream, Interaction, MalformedRecord, decode, user_key
+from stream.bootstrap import resolve_bootstrap
+from stream.prequential import ScoringOptions
+from stream.records import (
+    Prediction,
+    PredictionEnd,
+    encode_dead_letter,
+    encode_prediction,
+    prediction_key,
+)
+from stream.settings import Settings
+from stream.worker import ViewReader, WorkerCore, build_runners, build_view
+
+log = logging.getLogger(__name__)
+PASSTHROUGH_MODEL = "passthrough"
+CRASH_EXIT_CODE = 70
+
+
+def write_in_event_context(table: Any, event: EventT, key: bytes, value: bytes) -> None:
+    """``table[key] = value`` as if ``event`` were the stream's current event.
+
+    Tables take the changelog partition from Faust's current-event context variable, which
+    ``take_events`` batches do not set (faust-streaming #497). Setting it to one of the user's
+    events puts the write on that event's partition, the same one the user's key maps to.
+    Relies on ``faust.streams._current_event`` (private; covered by tests/stream/test_faustapp.py).
+    """
+    token = _current_event.set(weakref.ref(event))
+    try:
+        table[key] = value
+    finally:
+        _current_event.reset(token)
+
+
+def existing_partitions(bootstrap: str, topic: str, timeout_s: float = 5.0) -> int | None:
+    """Partition count of ``topic`` if it exists (None if not, or no broker answered)."""
+    try:
+        from kafka import KafkaConsumer
+
+        consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000) + 1000
+        )
+    except Exception:
+        return None
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        return len(partitions) if partitions else None
+    finally:
+        consumer.close()
+
+
+class EvaluationAgent:
+    """Everything the agent does per micro-batch (the async glue around ``WorkerCore``)."""
+
+    def __init__(self, app: faust.App, settings: Settings, table: Any) -> None:
+        self.app = app
+        self.settings = settings
+        self.table = table
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self.core: WorkerCore | None = None
+        self.model_names: list[str] = [PASSTHROUGH_MODEL]
+        self.dead_letters = 0
+        self.events = 0
+        self.view_reader: ViewReader | None = None
+
+    def load_models(self, bootstrap: str) -> None:
+        """Load checkpoints (before the worker starts, so a bad checkpoint fails fast)."""
+        if self.settings.torch_threads > 0:
+            import torch
+
+            torch.set_num_threads(self.settings.torch_threads)
+        if self.settings.passthrough:
+            return
+        runners = build_runners(self.settings)
+        view = build_view(self.settings)
+        options = ScoringOptions(self.settings.candidates, self.settings.exclude_seen)  # type: ignore[arg-type]
+        self.core = WorkerCore(runners, view, options, self.settings.view_timeout_s)
+        self.model_names = [r.name for r in runners]
+        self.view_reader = ViewReader(bootstrap, self.settings.interactions_topic, view)
+
+    def start_view(self) -> None:
+        if self.view_reader is not None and not self.view_reader.started:
+            self.view_reader.start()
+
+    async def handle(self, batch: Sequence[EventT]) -> None:
+        try:
+            self.start_view()
+            await self._handle(batch)
+        except Exception:
+            log.exception("evaluation failed; exiting so the batch is redelivered")
+            logging.shutdown()
+            os._exit(CRASH_EXIT_CODE)
+
+    async def _handle(self, batch: Sequence[EventT]) -> None:
+        interactions: list[Interaction] = []
+        produced_ms: dict[int, float] = {}
+        last_event_of: dict[int, EventT] = {}
+        ends: list[EndOfStream] = []
+        for event in batch:
+            message = event.message
+            try:
+                record = decode(event.value)
+            except MalformedRecord as error:
+                await self._dead_letter(event, str(error))
+                continue
+            if isinstance(record, EndOfStream):
+                ends.append(record)
+                continue
+            interactions.append(record)
+            produced_ms[record.event_id] = float(message.timestamp) * 1000.0
+            last_event_of[record.user] = event
+        self.events += len(interactions)
+        if self.core is None:
+            predictions = [_passthrough(e, produced_ms, len(batch)) for e in interactions]
+            await self._send_all(predictions)
+        else:
+            stored = {user: self.table.get(user_key(user)) for user in last_event_of}
+            loop = asyncio.get_running_loop()
+            output = await loop.run_in_executor(
+                self.executor, self.core.process, interactions, stored, produced_ms
+            )
+            await self._send_all(output.predictions)
+            for user, event in last_event_of.items():
+                key = user_key(user)
+                if key in output.blobs:
+                    write_in_event_context(self.table, event, key, output.blobs[key])
+        if ends:
+            await self._send_all(
+                [
+                    PredictionEnd(
+                        model, end.partition, end.partitions, end.total_events, end.partition_events
+                    )  # fmt: skip
+                    for end in ends
+                    for model in self.model_names
+                ]
+            )
+
+    async def _send_all(self, records: Sequence[Prediction | PredictionEnd]) -> None:
+        producer = self.app.producer
+        topic = self.settings.predictions_topic
+        pending = [
+            await producer.send(topic, prediction_key(r), encode_prediction(r), None, None, None)
+            for r in records
+        ]
+        if pending:
+            await asyncio.gather(*pending)
+
+    async def _dead_letter(self, event: EventT, reason: str) -> None:
+        self.dead_letters += 1
+        message = event.message
+        log.warning(
+            "dead letter #%d from %s[%d]@%d: %s",
+            self.dead_letters, message.topic, message.partition, message.offset, reason,
+        )  # fmt: skip
+        value = message.value if isinstance(message.value, bytes) else None
+        payload = encode_dead_letter(
+            value, reason, message.topic, message.partition, message.offset
+        )
+        sent = await self.app.producer.send(
+            self.settings.dead_letter_topic, message.key, payload, None, None, None
+        )
+        await sent
+
+
+def _passthrough(event: Interaction, produced_ms: dict[int, float], batch_size: int) -> Prediction:
+    return Prediction(
+        event_id=event.event_id,
+        user=event.user,
+        item=event.item,
+        time=event.time,
+        model=PASSTHROUGH_MODEL,
+        rank=None,
+        n_candidates=0,
+        produced_ms=produced_ms.get(event.event_id),
+        batch_size=batch_size,
+    )
+
+
+def create_app(settings: Settings) -> faust.App:
+    bootstrap = resolve_bootstrap(settings.bootstrap or None)
+    partitions = existing_partitions(bootstrap, settings.interactions_topic) or settings.partitions
+    app = faust.App(
+        settings.app_id,
+        broker=f"kafka://{bootstrap}",
+        store="memory://",
+        topic_partitions=partitions,
+        topic_replication_factor=1,
+        table_standby_replicas=0,
+        topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",
+        # quick group joins (kafka-notes.md), but a member is not dropped while it is busy:
+        # with a short max poll interval a worker whose stream buffer is full stops polling,
+        # is removed from the group and Faust can stall after the rejoin (seen under load)
+        broker_rebalance_timeout=5.0,
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=1.0,
+        broker_max_poll_interval=300.0,
+        broker_commit_interval=1.0,
+        stream_buffer_maxsize=16_384,
+        web_enabled=False,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    interactions = app.topic(
+        settings.interactions_topic, key_type=bytes, value_type=bytes, partitions=partitions
+    )
+    app.topic(settings.predictions_topic, key_type=bytes, value_type=bytes, partitions=partitions)
+    app.topic(settings.dead_letter_topic, key_type=bytes, value_type=bytes, partitions=1)
+    table = app.Table(
+        "user-states", key_type=bytes, value_type=bytes, partitions=partitions, default=None
+    )
+    agent = EvaluationAgent(app, settings, table)
+    agent.load_models(bootstrap)
+    app.evaluation = agent  # type: ignore[attr-defined]
+
+    @app.task
+    async def _start_view() -> None:
+        agent.start_view()  # the reader starts reading while the group is still joining
+
+    @app.agent(interactions, name="evaluate")
+    async def evaluate(stream: faust.StreamT[bytes]) -> None:
+        within = settings.max_wait_ms / 1000.0
+        batches = cast(Stream[bytes], stream).take_events(settings.batch_size, within=within)
+        async for batch in batches:
+            await agent.handle(batch)
+
+    return app

@@ -1,0 +1,95 @@
+"""The sink without Kafka: de-duplication, completion rule, atomic Parquet written with pyarrow
+and read back with polars."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from stream.aggregate import PREDICTION_SCHEMA, WINDOW_SCHEMA, prediction_rows
+from stream.records import Prediction, PredictionEnd, encode_prediction
+from stream.sink import (
+    PREDICTIONS_FILE,
+    WINDOWS_FILE,
+    SinkConfig,
+    SinkState,
+    write_outputs,
+    write_parquet_atomic,
+)
+
+
+def _prediction(event_id: int, model: str, rank: int | None = 3) -> Prediction:
+    return Prediction(
+        event_id=event_id, user=event_id % 3, item=7, time=1000.0 + 60 * event_id, model=model,
+        rank=rank, n_candidates=10, produced_ms=5.0,
+    )  # fmt: skip
+
+
+def test_duplicates_are_dropped_by_event_and_model(tmp_path: Path) -> None:
+    state = SinkState()
+    for event_id in range(4):
+        for model in ("pop", "sasrec"):
+            state.add_value(encode_prediction(_prediction(event_id, model)), written_ms=9.0)
+    # redelivery: the same records again (possibly recomputed), and garbage
+    for event_id in (1, 3):
+        state.add_value(encode_prediction(_prediction(event_id, "sasrec", rank=99)), 50.0)
+    state.add_value(b"{broken", 1.0)
+    assert state.duplicates == 2 and state.malformed == 1
+    frame = state.frame()
+    assert frame.height == 8
+    assert frame.filter(pl.col("model") == "sasrec")["rank"].to_list() == [3, 3, 3, 3]
+    assert frame["latency_ms"].to_list() == [4.0] * 8
+
+
+def test_complete_needs_every_partition_marker_and_every_announced_event() -> None:
+    state = SinkState(expected_models={"pop"})
+    assert not state.complete()
+    state.add(_prediction(0, "pop"))
+    state.add(PredictionEnd("pop", partition=0, partitions=2, total_events=2, partition_events=1))
+    assert not state.complete()  # partition 1's marker is missing
+    state.add(PredictionEnd("pop", partition=1, partitions=2, total_events=2, partition_events=1))
+    assert not state.complete()  # one announced event is missing
+    state.add(_prediction(1, "pop"))
+    assert state.complete()
+
+
+def test_outputs_round_trip_through_parquet(tmp_path: Path) -> None:
+    state = SinkState()
+    predictions = [_prediction(i, m, rank=None if i == 2 else i + 1) for i in range(6)
+                   for m in ("a", "b")]  # fmt: skip
+    for p in predictions:
+        state.add(p, written_ms=6.0)
+    windows = write_outputs(state, SinkConfig(tmp_path, window_s=120.0, half_life_s=300.0))
+    read_back = pl.read_parquet(tmp_path / PREDICTIONS_FILE)
+    expected = prediction_rows(predictions, [6.0] * len(predictions)).sort(["model", "event_id"])
+    assert_frame_equal(read_back, expected)
+    assert dict(read_back.schema) == PREDICTION_SCHEMA
+    windows_back = pl.read_parquet(tmp_path / WINDOWS_FILE)
+    assert_frame_equal(windows_back, windows)
+    assert dict(windows_back.schema) == WINDOW_SCHEMA
+    assert windows_back.group_by("model").agg(pl.col("n_events").sum())["n_events"].to_list() == [
+        6,
+        6,
+    ]
+
+
+def test_atomic_write_never_leaves_a_partial_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "out.parquet"
+    first = pl.DataFrame({"x": [1, 2, 3]})
+    write_parquet_atomic(first, target)
+
+    def failing_replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        write_parquet_atomic(pl.DataFrame({"x": [9]}), target)
+    monkeypatch.undo()
+    assert_frame_equal(pl.read_parquet(target), first)  # the old file is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["out.parquet"]  # no temporary left
