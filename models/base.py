@@ -44,7 +44,7 @@ class SeqRecConfig:
 
 class SeqRecModel(nn.Module, ABC):
     name: ClassVar[str]
-    state_type: ClassVar[type[State]]
+    state_type: type[State]  # a class attribute; a model may pick it per instance from its config
     config: SeqRecConfig
     item_embedding: nn.Embedding  # [I, D], tied with the output layer
 
@@ -75,6 +75,13 @@ class SeqRecModel(nn.Module, ABC):
         self, state: State, items: Tensor, times: Tensor, adapt: bool = True
     ) -> tuple[State, Tensor]:
         """Advance each user by one event: items [U], times [U] -> (state, hidden [U, D])."""
+
+    def last_hidden(
+        self, items: Tensor, times: Tensor, lengths: Tensor, adapt: bool = False
+    ) -> Tensor:
+        """Offline read-out: hidden [B, D] at each row's last real item. Models with test-time
+        adaptation override it to adapt on each row's history first when ``adapt`` is set."""
+        return last_positions(self(items, times), lengths)
 
     def shift_score(self, state: State) -> Tensor | None:
         """Per-user shift score after the last step ([U]), for models that have one."""

@@ -71,7 +71,13 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         return dict(handle.metadata() or {})
 
 
-def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Checkpoint:
+def load_checkpoint(
+    path: str | Path,
+    device: torch.device | str = "cpu",
+    overrides: dict[str, Any] | None = None,
+) -> Checkpoint:
+    """Load weights and metadata. ``overrides`` replaces config fields that do not change any
+    weight, e.g. ``{"policy": "recurrent"}`` for TTT4Rec's streaming policy."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
@@ -80,7 +86,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Che
     if name not in REGISTRY:
         raise ValueError(f"checkpoint {path} is for unknown model {name!r}")
     config_type, model_type = REGISTRY[name]
-    config = config_type(**json.loads(metadata["config"]))
+    config = config_type(**{**json.loads(metadata["config"]), **(overrides or {})})
     model = model_type(config)
     safetensors.torch.load_model(model, str(path), device=str(device))
     model.to(device).eval()

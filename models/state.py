@@ -38,6 +38,13 @@ class StateFormatError(ValueError):
 class State:
     """Base class: a dataclass whose fields are all tensors with a leading user dimension."""
 
+    def __post_init__(self) -> None:
+        # a field named like a method (``index``, ``to``, ``put`` ...) would silently hide it
+        clashes = [f.name for f in fields(self) if callable(getattr(State, f.name, None))]
+        if clashes:
+            name = type(self).__name__
+            raise TypeError(f"{name} fields {clashes} hide State methods; rename them")
+
     def tensors(self) -> dict[str, Tensor]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 

@@ -1,0 +1,116 @@
+"""Shared building blocks for the models in ``models/`` (RecBole's ``recbole/model/layers.py``).
+
+Shape legend (see ``models/base.py``): B batch, L sequence length, D model width, H heads,
+Dh head width.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm as in LLaMA / ttt-lm-pytorch (computed in at least float32)."""
+
+    def __init__(self, width: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(width))
+
+    def forward(self, x: Tensor) -> Tensor:
+        wide = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        normed = wide * torch.rsqrt(wide.pow(2).mean(-1, keepdim=True) + self.eps)  # [..., D]
+        return (self.weight * normed).to(x.dtype)
+
+
+class SwiGLU(nn.Module):
+    """down(silu(gate(x)) * up(x)), bias-free (ttt-lm-pytorch ``SwiGluMLP``)."""
+
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.gate = nn.Linear(width, hidden, bias=False)
+        self.up = nn.Linear(width, hidden, bias=False)
+        self.down = nn.Linear(hidden, width, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(F.silu(self.gate(x)) * self.up(x))  # [..., D]
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention with biases, RecBole ``MultiHeadAttention`` style
+    (post-LN residual is applied by the caller)."""
+
+    def __init__(self, width: int, n_heads: int, attn_dropout: float) -> None:
+        super().__init__()
+        if width % n_heads:
+            raise ValueError(f"width {width} is not divisible by n_heads {n_heads}")
+        self.n_heads = n_heads
+        self.query = nn.Linear(width, width)
+        self.key = nn.Linear(width, width)
+        self.value = nn.Linear(width, width)
+        self.out = nn.Linear(width, width)
+        self.attn_dropout = attn_dropout
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, length, width = x.shape
+        heads = (batch, length, self.n_heads, width // self.n_heads)
+        q = self.query(x).view(heads).transpose(1, 2)  # [B, H, L, Dh]
+        k = self.key(x).view(heads).transpose(1, 2)  # [B, H, L, Dh]
+        v = self.value(x).view(heads).transpose(1, 2)  # [B, H, L, Dh]
+        dropout = self.attn_dropout if self.training else 0.0
+        context = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+        return self.out(context.transpose(1, 2).reshape(batch, length, width))  # [B, L, D]
+
+
+class PostNormTransformerLayer(nn.Module):
+    """RecBole ``TransformerLayer``: attention -> dropout -> LN(x + .) -> FFN -> LN(x + .)."""
+
+    def __init__(
+        self, width: int, n_heads: int, inner: int, dropout: float, attn_dropout: float, eps: float
+    ) -> None:
+        super().__init__()
+        self.attention = CausalSelfAttention(width, n_heads, attn_dropout)
+        self.attn_norm = nn.LayerNorm(width, eps=eps)
+        self.ffn_in = nn.Linear(width, inner)
+        self.ffn_out = nn.Linear(inner, width)
+        self.ffn_norm = nn.LayerNorm(width, eps=eps)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.attn_norm(x + self.dropout(self.attention(x)))  # [B, L, D]
+        ffn = self.ffn_out(F.gelu(self.ffn_in(x)))  # [B, L, D]
+        return self.ffn_norm(x + self.dropout(ffn))  # [B, L, D]
+
+
+def rope_angles(positions: Tensor, head_dim: int, base: float) -> tuple[Tensor, Tensor]:
+    """cos, sin of RoPE angles ``position * base^(-2m/Dh)``: positions [...] -> [..., Dh/2]."""
+    exponents = torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32)
+    inv_freq = 1.0 / (base ** (exponents / head_dim))  # [Dh/2]
+    angles = positions.to(torch.float32).unsqueeze(-1) * inv_freq  # [..., Dh/2]
+    return angles.cos(), angles.sin()
+
+
+def apply_rope_interleaved(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate dimension pairs (2m, 2m+1) by the given angles: x [..., Dh], cos/sin [..., Dh/2].
+
+    ttt-lm-pytorch permutes Q/K to the JAX layout, applies HF ``rotate_half`` RoPE and permutes
+    back; the composition is exactly this interleaved rotation.
+    """
+    pairs = x.unflatten(-1, (-1, 2))  # [..., Dh/2, 2]
+    even, odd = pairs[..., 0], pairs[..., 1]  # [..., Dh/2]
+    rotated = torch.stack((even * cos - odd * sin, odd * cos + even * sin), dim=-1)
+    return rotated.flatten(-2)  # [..., Dh]
+
+
+def init_normal_(module: nn.Module, std: float) -> None:
+    """RecBole / TTT4Rec init: Linear and Embedding N(0, std), biases 0, norms weight 1 bias 0."""
+    for sub in module.modules():
+        if isinstance(sub, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(sub.weight, mean=0.0, std=std)
+            if isinstance(sub, nn.Linear) and sub.bias is not None:
+                nn.init.zeros_(sub.bias)
+        elif isinstance(sub, nn.LayerNorm):
+            nn.init.ones_(sub.weight)
+            nn.init.zeros_(sub.bias)
