@@ -80,16 +80,22 @@ def encode(record: Record) -> bytes:
     return json.dumps(payload, separators=(",", ":")).encode()
 
 
-def decode(data: bytes | str | None) -> Record:
-    """Decode one value; raise ``MalformedRecord`` naming the problem."""
+def load_json_object(data: bytes | str | None, error: type[ValueError]) -> dict[str, Any]:
+    """A topic value as a JSON object; raise ``error`` naming what is wrong with it."""
     if data is None:
-        raise MalformedRecord("empty value (tombstone)")
+        raise error("empty value (tombstone)")
     try:
         payload = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise MalformedRecord(f"not JSON: {error}") from error
+    except (UnicodeDecodeError, json.JSONDecodeError) as cause:
+        raise error(f"not JSON: {cause}") from cause
     if not isinstance(payload, dict):
-        raise MalformedRecord(f"expected a JSON object, got {type(payload).__name__}")
+        raise error(f"expected a JSON object, got {type(payload).__name__}")
+    return payload
+
+
+def decode(data: bytes | str | None) -> Record:
+    """Decode one value; raise ``MalformedRecord`` naming the problem."""
+    payload = load_json_object(data, MalformedRecord)
     version = payload.get("v")
     if version != SCHEMA_VERSION:
         raise MalformedRecord(f"unsupported schema version {version!r} (expected {SCHEMA_VERSION})")
@@ -169,14 +175,7 @@ def encode_item(record: ItemFirstSeen) -> bytes:
 
 def decode_item(data: bytes | str | None) -> ItemFirstSeen:
     """Decode one value of the items topic; raise ``MalformedRecord`` naming the problem."""
-    if data is None:
-        raise MalformedRecord("empty value (tombstone)")
-    try:
-        payload = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise MalformedRecord(f"not JSON: {error}") from error
-    if not isinstance(payload, dict):
-        raise MalformedRecord(f"expected a JSON object, got {type(payload).__name__}")
+    payload = load_json_object(data, MalformedRecord)
     if payload.get("v") != SCHEMA_VERSION or payload.get("k") != "item":
         raise MalformedRecord(
             f"not an item record of schema {SCHEMA_VERSION}: v={payload.get('v')!r} "

@@ -37,7 +37,7 @@ def test_kafka_is_a_single_apache_kraft_node_on_loopback(compose: dict[str, Any]
 
 def test_services_connect_to_the_internal_listener(compose: dict[str, Any]) -> None:
     internal = advertised_listeners(compose["services"]["kafka"])["INTERNAL"]
-    for name in ("worker", "replayer"):
+    for name in ("worker", "sink", "replayer"):
         service = compose["services"][name]
         assert service["environment"][BOOTSTRAP_ENV] == internal, name
         assert service["depends_on"]["kafka"]["condition"] == "service_healthy"
@@ -48,6 +48,25 @@ def test_worker_command_runs_the_faust_app(compose: dict[str, Any]) -> None:
     command = compose["services"]["worker"]["command"]
     assert command[:4] == ["faust", "-A", "stream.app", "worker"]
     assert importlib.util.find_spec("stream.app") is not None
+
+
+def test_sink_command_is_a_stream_subcommand(compose: dict[str, Any]) -> None:
+    from typer.main import get_command
+
+    from stream.cli import app
+
+    command = compose["services"]["sink"]["command"]
+    assert command[:4] == ["python", "-m", "stream", "sink"]
+    assert "sink" in get_command(app).commands  # type: ignore[attr-defined]
+
+
+def test_worker_reads_checkpoints_from_the_shared_volume(compose: dict[str, Any]) -> None:
+    from stream.settings import Settings
+
+    env = compose["services"]["worker"]["environment"]
+    settings = Settings.load(environ={k: str(v) for k, v in env.items()})
+    assert settings.checkpoint_dir.startswith("/data/")
+    assert any(v.endswith(":/data") for v in compose["services"]["worker"]["volumes"])
 
 
 def test_replayer_command_names_a_dataset_the_cli_knows(compose: dict[str, Any]) -> None:
