@@ -5,10 +5,12 @@ Two pipelines on one broker, one after the other, replaying the same log at ``--
 1. a *passthrough* worker: the same Faust app and agent loop, decode + one trivial record per
    event, no models, no table;
 2. the evaluation worker with ``--models`` (default pop, SASRec, TTT4Rec at their default sizes,
-   seeded and untrained: the cost of a step does not depend on training).
+   seeded and untrained: the cost of a step does not depend on training), once per TTT4Rec
+   streaming policy in ``--ttt4rec-policies`` (default both: ``windowed``, the paper's, which
+   re-encodes the last 50 items at every event, and ``recurrent``, O(1) per event).
 
-A third run replays the first half of the log *paced* at about half the measured model
-throughput; its latency (events produced once the worker is up) is the latency of a worker
+A last run replays the log *paced* at about half the model throughput of the first policy (at most
+the log over 45 s); its latency (events produced once the worker is up) is the latency of a worker
 that keeps up.
 
 Throughput is measured in the steady state: 80 % of the events over the time between the 10 % and
@@ -19,6 +21,7 @@ Memory per user is the size of the serialized user snapshot (the table value) an
 state, averaged over the users.
 
     python bench/bench_pipeline.py                       # synthetic, 6000 events, CPU
+    python bench/bench_pipeline.py --ttt4rec-policies windowed --dtype float32
     python bench/bench_pipeline.py --dataset ml-1m --events 20000 --device auto
 """
 
@@ -51,6 +54,7 @@ from stream.testing import tiny_checkpoints
 from stream.userstate import encode_snapshot
 from stream.worker import build_runners
 
+PACED_MIN_S = 45.0
 ML1M = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-1m-subset"
 
 
@@ -112,21 +116,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--checkpoint-dir", type=Path, default=None, help="trained checkpoints")
+    parser.add_argument(
+        "--ttt4rec-policies",
+        default="windowed,recurrent",
+        help="TTT4Rec streaming policies to run (comma-separated; ignored with --checkpoint-dir)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: stop workers and broker
 
     log = load_log(args.dataset, args.events, args.data_dir)
     work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
-    checkpoints = args.checkpoint_dir
     bases = sorted({m.split(":")[0] for m in args.models.split(",")} - {"pop"})
-    if checkpoints is None:
-        checkpoints = work / "checkpoints"
-        tiny_checkpoints(checkpoints, log, bases, configs={})  # default model sizes
+    policies = [p.strip() for p in args.ttt4rec_policies.split(",") if p.strip()]
+    if args.checkpoint_dir is not None or "ttt4rec" not in bases:
+        policies = policies[:1] or ["windowed"]
+    checkpoint_dirs: dict[str, Path] = {}
+    for policy in policies:
+        if args.checkpoint_dir is not None:
+            checkpoint_dirs[policy] = args.checkpoint_dir
+            continue
+        folder = work / f"checkpoints-{policy}"
+        sizes: dict[str, dict[str, object]] = {"ttt4rec": {"policy": policy}}
+        tiny_checkpoints(folder, log, bases, configs=sizes)  # default model sizes
+        checkpoint_dirs[policy] = folder
     base = Settings(
         partitions=args.partitions,
         models=args.models.split(","),
-        checkpoint_dir=str(checkpoints),
+        checkpoint_dir=str(checkpoint_dirs[policies[0]]),
         device=args.device,
         dtype=args.dtype,
         batch_size=args.batch_size,
@@ -135,29 +152,37 @@ def main(argv: list[str] | None = None) -> int:
     )
     results: dict[str, dict[str, float]] = {}
     stamp = int(time.time())
+    runs = [("passthrough", True, policies[0])] + [(f"models[{p}]", False, p) for p in policies]
+    model_rates: dict[str, float] = {}
     with EmbeddedBroker(port=0) as bootstrap:
-        for label, passthrough in (("passthrough", True), ("models", False)):
+        for label, passthrough, policy in runs:
+            tag = label.replace("[", "-").replace("]", "")
             settings = Settings(
                 **{
                     **base.as_dict(),
-                    "app_id": f"bench-{label}-{stamp}",
-                    "interactions_topic": f"bench-in-{label}-{stamp}",
-                    "predictions_topic": f"bench-out-{label}-{stamp}",
-                    "dead_letter_topic": f"bench-dead-{label}-{stamp}",
+                    "app_id": f"bench-{tag}-{stamp}",
+                    "interactions_topic": f"bench-in-{tag}-{stamp}",
+                    "predictions_topic": f"bench-out-{tag}-{stamp}",
+                    "dead_letter_topic": f"bench-dead-{tag}-{stamp}",
+                    "checkpoint_dir": str(checkpoint_dirs[policy]),
                     "passthrough": passthrough,
                 }
             )
-            out = work / label
+            out = work / tag
             result = run_pipeline(log, [Group(settings, out)], bootstrap, timeout_s=3000)
             assert result.state.complete(), result.state.summary()
             models = ["passthrough"] if passthrough else [m for m in settings.models]
             for model in models:
                 results[f"{label}:{model}"] = measure(out, model)
-        model_rate = results[f"models:{base.models[-1]}"]["events_per_s"]
-        paced = InteractionLog(log.name, log.events.head(log.events.height // 2))
-        times = paced.events["time"]
+            if not passthrough:
+                model_rates[policy] = results[f"{label}:{base.models[-1]}"]["events_per_s"]
+        # paced: the whole log at about half the first policy's throughput, but spread over
+        # at least PACED_MIN_S (a worker takes ~10 s to start and join; a shorter replay would
+        # be over before it is up); latency of events produced 2 s after the first prediction
+        times = log.events["time"]
         span_s = float(times[-1] - times[0])
-        factor = 0.5 * model_rate * span_s / paced.events.height
+        paced_rate = min(0.5 * model_rates[policies[0]], log.events.height / PACED_MIN_S)
+        factor = paced_rate * span_s / log.events.height
         settings = Settings(
             **{
                 **base.as_dict(),
@@ -169,26 +194,33 @@ def main(argv: list[str] | None = None) -> int:
         )
         out = work / "paced"
         speed = {"speed": parse_speed(f"{factor:.0f}x"), "max_gap_s": 1.0}
-        run_pipeline(paced, [Group(settings, out)], bootstrap, 3000, replay_options=speed)
-        results[f"paced {factor:.0f}x:{base.models[-1]}"] = measure(out, base.models[-1], 5.0)
+        run_pipeline(log, [Group(settings, out)], bootstrap, 3000, replay_options=speed)
+        label = f"paced[{policies[0]}] {paced_rate:.0f} ev/s:{base.models[-1]}"
+        results[label] = measure(out, base.models[-1], 2.0)
     torch.set_num_threads(1)
-    memory = memory_per_user(
-        InteractionLog(log.name, log.events.head(min(3000, log.events.height))), base
-    )
+    sample = InteractionLog(log.name, log.events.head(min(3000, log.events.height)))
+    memory: dict[str, float] = {}
+    for policy in policies:
+        policy_settings = Settings(
+            **{**base.as_dict(), "checkpoint_dir": str(checkpoint_dirs[policy])}
+        )
+        for name, value in memory_per_user(sample, policy_settings).items():
+            memory[f"[{policy}] {name}"] = value
     passthrough_rate = results["passthrough:passthrough"]["events_per_s"]
     print(f"\n{args.dataset}: {log.events.height} events, {log.events['user'].n_unique()} users, "
           f"models {args.models}, device {args.device}, dtype {args.dtype}, "
           f"batch {args.batch_size}, partitions {args.partitions}")  # fmt: skip
-    print(f"{'run:model':<32}{'events/s':>12}{'lat p50 ms':>14}{'lat p99 ms':>14}")
+    print(f"{'run:model':<40}{'events/s':>12}{'lat p50 ms':>14}{'lat p99 ms':>14}")
     for name, row in results.items():
-        print(f"{name:<32}{row['events_per_s']:>12.1f}{row['latency_p50_ms']:>14.0f}"
+        print(f"{name:<40}{row['events_per_s']:>12.1f}{row['latency_p50_ms']:>14.0f}"
               f"{row['latency_p99_ms']:>14.0f}")  # fmt: skip
-    ratio = model_rate / passthrough_rate
-    print(f"models / passthrough throughput: {ratio:.3f} (target >= 0.5)")
+    ratios = {policy: rate / passthrough_rate for policy, rate in model_rates.items()}
+    for policy, ratio in ratios.items():
+        print(f"models[ttt4rec {policy}] / passthrough throughput: {ratio:.3f} (target >= 0.5)")
     for name, value in memory.items():
         print(f"memory {name}: {value:,.0f} B")
     if args.json:
-        args.json.write_text(json.dumps({"results": results, "memory": memory, "ratio": ratio,
+        args.json.write_text(json.dumps({"results": results, "memory": memory, "ratios": ratios,
                                          "args": vars(args)}, default=str, indent=2))  # fmt: skip
     return 0
 

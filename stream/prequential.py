@@ -5,9 +5,12 @@ offline evaluator (``stream.offline``) both call ``prequential_batch``.
 
 Semantics (docs/streaming.md has the long form):
 
-- Each user's events are applied in order. The batch is processed in *rounds*: round r holds
-  every user's r-th event of the batch, so users are batched together and no user's event is
-  scored with a state that has not yet seen that user's earlier events.
+- Each user's events are applied in order: the result is defined as processing the batch in
+  *rounds* (round r = every user's r-th event of the batch), so no user's event is scored with
+  a state that has not yet seen that user's earlier events. The computation does not loop over
+  rounds: each model advances every user through all of the user's events of the batch at once
+  (``SeqRecRunner.advance``: one forward call for window models, rounds only for recurrent
+  ones), then the whole batch is scored in one pass.
 - Event t of user u is ranked with the state *before* t: the hidden vector left by u's previous
   event. A user with no previous event (cold user), or whose model has not stepped yet, is scored
   with the popularity snapshot in force at the event's time (the popularity fallback).
@@ -30,8 +33,8 @@ from typing import Literal
 
 import numpy as np
 import torch
+from torch import Tensor
 
-from models.state import State
 from replay.schema import Interaction
 from stream.globalview import GlobalView
 from stream.records import Prediction
@@ -54,29 +57,28 @@ class BatchResult:
     redelivered: list[int] = field(default_factory=list)  # event ids skipped as already applied
 
 
-def plan_rounds(
+def plan_events(
     events: Sequence[Interaction], last_applied: Mapping[int, int]
-) -> tuple[list[list[Interaction]], list[int]]:
-    """Split a batch into rounds (round r = each user's r-th new event) and redeliveries.
+) -> tuple[list[Interaction], list[int]]:
+    """The events to apply, in batch order, and the redelivered event ids (not above the
+    user's last applied id, counting earlier events of the batch).
 
     >>> from replay.schema import Interaction as I
     >>> evs = [I(0, 1, 9, None, 0.0, "x"), I(1, 2, 9, None, 0.0, "x"), I(2, 1, 8, None, 1.0, "x")]
-    >>> rounds, skipped = plan_rounds(evs, {2: 1})
-    >>> [[e.event_id for e in r] for r in rounds], skipped
-    ([[0], [2]], [1])
+    >>> applied, skipped = plan_events(evs, {2: 1})
+    >>> [e.event_id for e in applied], skipped
+    ([0, 2], [1])
     """
-    queues: dict[int, list[Interaction]] = {}
     last = dict(last_applied)
+    applied: list[Interaction] = []
     redelivered: list[int] = []
     for event in events:
         if event.event_id <= last.get(event.user, -1):
             redelivered.append(event.event_id)
             continue
         last[event.user] = event.event_id
-        queues.setdefault(event.user, []).append(event)
-    depth = max((len(q) for q in queues.values()), default=0)
-    rounds = [[q[r] for q in queues.values() if len(q) > r] for r in range(depth)]
-    return rounds, redelivered
+        applied.append(event)
+    return applied, redelivered
 
 
 def prequential_batch(
@@ -91,23 +93,77 @@ def prequential_batch(
     """Predict -> score -> update for ``events``; inputs are not modified.
 
     ``view`` must be complete through ``max(event ids) - 1`` (see ``GlobalView``).
+
+    Every event is ranked with its user's state before it, and each model advances every user
+    through the user's events of the batch in order (``SeqRecRunner.advance``): the same
+    results as the round-by-round definition in the module docstring, computed with one model
+    call per batch where the model allows it and one scoring pass over the whole batch.
     """
     work = {user: _copy(snapshot) for user, snapshot in snapshots.items()}
-    rounds, redelivered = plan_rounds(events, {u: s.last_event_id for u, s in work.items()})
+    applied, redelivered = plan_events(events, {u: s.last_event_id for u, s in work.items()})
+    if not applied:
+        return BatchResult({}, [], redelivered)
+    for event in applied:
+        work.setdefault(event.user, UserSnapshot(user=event.user))
+    frame = _frame(applied, work, runners, view, options)
+    n_candidates = frame.valid.sum(axis=1) + frame.rankable  # target counted when rankable
+    per_model: list[tuple[str, np.ndarray, np.ndarray | None, np.ndarray]] = []
+    for runner in runners:
+        if isinstance(runner, SeqRecRunner):
+            before, shift = _advance(runner, frame, work)
+            scores = frame.popularity
+            rows = np.nonzero([h is not None for h in before])[0]
+            if rows.size:
+                scores = frame.popularity.copy()
+                hidden = torch.stack([before[row] for row in rows])  # type: ignore[misc]
+                scores[rows] = runner.scores(hidden, frame.popularity.shape[1])  # [U', M]
+            oov = runner.vocab_index(frame.items) < 0
+        else:
+            scores, shift, oov = frame.popularity, None, np.zeros(len(applied), dtype=bool)
+        ranks = pessimistic_ranks(scores, frame.items, frame.valid)
+        per_model.append((runner.name, ranks, shift, oov))
+    for event in applied:
+        snapshot = work[event.user]
+        snapshot.seen.append(event.item)
+        snapshot.last_event_id = event.event_id
+    now = None if clock_ms is None else clock_ms()
     predictions: list[Prediction] = []
-    for round_events in rounds:
-        for event in round_events:
-            work.setdefault(event.user, UserSnapshot(user=event.user))
-        predictions += _run_round(round_events, work, runners, view, options, len(events))
-        if clock_ms is not None:
-            now = clock_ms()
-            predictions[-len(round_events) * len(runners) :] = [
-                _stamp(p, produced_ms, now)
-                for p in predictions[-len(round_events) * len(runners) :]
-            ]
-    order = {event.event_id: position for position, event in enumerate(events)}
-    predictions.sort(key=lambda p: order[p.event_id])
-    touched = {event.user for round_events in rounds for event in round_events}
+    rank_lists = [
+        (name, ranks.tolist(), shift, oov.tolist()) for name, ranks, shift, oov in per_model
+    ]
+    counts = n_candidates.tolist()
+    rankable = frame.rankable.tolist()
+    cold_user = frame.cold_user.tolist()
+    cold_item = frame.cold_item.tolist()
+    seen_item = frame.seen_item.tolist()
+    for row, event in enumerate(applied):
+        produced = None
+        if now is not None and produced_ms is not None:
+            produced = produced_ms.get(event.event_id)
+        for name, ranks, shift, oov in rank_lists:
+            shift_value = None if shift is None or np.isnan(shift[row]) else float(shift[row])
+            predictions.append(
+                Prediction(
+                    event_id=event.event_id,
+                    user=event.user,
+                    item=event.item,
+                    time=event.time,
+                    model=name,
+                    rank=int(ranks[row]) if rankable[row] else None,
+                    n_candidates=int(counts[row]),
+                    cold_user=bool(cold_user[row]),
+                    cold_item=bool(cold_item[row]),
+                    seen_item=bool(seen_item[row]),
+                    oov_item=bool(oov[row]),
+                    shift_score=shift_value,
+                    cohort=event.cohort,
+                    shifted=event.shifted,
+                    produced_ms=produced,
+                    predicted_ms=now,
+                    batch_size=len(events),
+                )
+            )
+    touched = {event.user for event in applied}
     return BatchResult({u: work[u] for u in touched}, predictions, redelivered)
 
 
@@ -121,44 +177,37 @@ def _copy(snapshot: UserSnapshot) -> UserSnapshot:
     )
 
 
-def _stamp(p: Prediction, produced_ms: Mapping[int, float] | None, now: float) -> Prediction:
-    from dataclasses import replace
-
-    produced = None if produced_ms is None else produced_ms.get(p.event_id)
-    return replace(p, produced_ms=produced, predicted_ms=now)
-
-
 @dataclass
-class _RoundFrame:
-    """What every model's ranking shares in one round: U events, M raw item ids."""
+class _BatchFrame:
+    """What every model's ranking shares in one batch: N applied events, M raw item ids."""
 
     events: list[Interaction]
-    ids: np.ndarray  # [U]
-    items: np.ndarray  # [U]
-    times: np.ndarray  # [U]
-    valid: np.ndarray  # [U, M] candidate mask, target excluded
-    rankable: np.ndarray  # [U] the target may be hit
-    cold_user: np.ndarray  # [U]
-    cold_item: np.ndarray  # [U]
-    seen_item: np.ndarray  # [U]
-    popularity: np.ndarray  # [U, M] snapshot counts in force at each event
+    ids: np.ndarray  # [N]
+    items: np.ndarray  # [N]
+    times: np.ndarray  # [N]
+    valid: np.ndarray  # [N, M] candidate mask, target excluded
+    rankable: np.ndarray  # [N] the target may be hit
+    cold_user: np.ndarray  # [N]
+    cold_item: np.ndarray  # [N]
+    seen_item: np.ndarray  # [N]
+    popularity: np.ndarray  # [N, M] snapshot counts in force at each event
+    rows_of_user: dict[int, list[int]]  # user -> its rows, in order
 
 
 def _frame(
-    round_events: list[Interaction],
+    applied: list[Interaction],
     work: Mapping[int, UserSnapshot],
     runners: Sequence[Runner],
     view: GlobalView,
     options: ScoringOptions,
-) -> _RoundFrame:
-    ids = np.array([e.event_id for e in round_events], dtype=np.int64)
-    items = np.array([e.item for e in round_events], dtype=np.int64)
-    times = np.array([e.time for e in round_events], dtype=np.float64)
-    seen_lists = [work[e.user].seen for e in round_events]
+) -> _BatchFrame:
+    ids = np.array([e.event_id for e in applied], dtype=np.int64)
+    items = np.array([e.item for e in applied], dtype=np.int64)
+    times = np.array([e.time for e in applied], dtype=np.float64)
     vocab_sizes = [r.index_of_raw.shape[0] for r in runners if isinstance(r, SeqRecRunner)]
     size = max([view.n_item_ids, int(items.max()) + 1, *vocab_sizes])
     first_seen = view.first_seen_ids(size)  # [M]
-    before = first_seen[None, :] < ids[:, None]  # [U, M]
+    before = first_seen[None, :] < ids[:, None]  # [N, M]
     if options.candidates == "all":
         catalogue = np.zeros(size, dtype=bool)
         for runner in runners:
@@ -166,35 +215,64 @@ def _frame(
                 catalogue[: runner.index_of_raw.shape[0]] |= runner.index_of_raw >= 0
         valid = before | catalogue[None, :]
     else:
-        valid = before.copy()
-    rows = np.arange(len(round_events))
+        valid = before  # a fresh array, ours to modify
+    rows = np.arange(len(applied))
     target_candidate = valid[rows, items].copy()
     cold_item = ~before[rows, items]
-    seen_item = np.array([item in set(seen) for item, seen in zip(items, seen_lists, strict=True)])
-    if options.exclude_seen:
-        for row, seen in enumerate(seen_lists):
-            if seen:
-                valid[row, np.asarray(seen, dtype=np.int64)] = False
+    # each event's seen items: the user's stored ones plus the user's earlier events here
+    rows_of_user: dict[int, list[int]] = {}
+    for row, event in enumerate(applied):
+        rows_of_user.setdefault(event.user, []).append(row)
+    seen_item = np.zeros(len(applied), dtype=bool)
+    cold_user = np.zeros(len(applied), dtype=bool)
+    mask_rows: list[np.ndarray] = []
+    mask_items: list[np.ndarray] = []
+    for user, user_rows in rows_of_user.items():
+        stored = work[user].seen
+        seen = set(stored)
+        for row in user_rows:
+            seen_item[row] = int(items[row]) in seen
+            seen.add(int(items[row]))
+        cold_user[user_rows[0]] = not stored
+        if not options.exclude_seen:
+            continue
+        user_rows_array = np.asarray(user_rows, dtype=np.int64)
+        if stored:
+            stored_array = np.asarray(stored, dtype=np.int64)
+            mask_rows.append(np.repeat(user_rows_array, len(stored_array)))
+            mask_items.append(np.tile(stored_array, len(user_rows_array)))
+        if len(user_rows) > 1:
+            earlier, later = np.triu_indices(len(user_rows), 1)  # earlier < later
+            mask_rows.append(user_rows_array[later])
+            mask_items.append(items[user_rows_array[earlier]])
+    if mask_rows:
+        valid[np.concatenate(mask_rows), np.concatenate(mask_items)] = False
     valid[rows, items] = False
     rankable = target_candidate & ~(seen_item & options.exclude_seen)
-    popularity = np.empty((len(round_events), size), dtype=np.float64)
-    cache: dict[int, np.ndarray] = {}
-    for row, time in enumerate(times):
-        bucket = view.bucket(float(time))
-        if bucket not in cache:
-            cache[bucket] = view.popularity(float(time), size)
-        popularity[row] = cache[bucket]
-    return _RoundFrame(
-        events=round_events,
+    first_time_of: dict[int, float] = {}  # bucket -> a time in it (asked as the events ask)
+    buckets = []
+    for time in times.tolist():
+        bucket = view.bucket(time)
+        first_time_of.setdefault(bucket, time)
+        buckets.append(bucket)
+    distinct = sorted(first_time_of)
+    snapshots = np.stack([view.popularity(first_time_of[b], size) for b in distinct])  # [B, M]
+    if len(distinct) == 1:
+        popularity = np.broadcast_to(snapshots[0], (len(applied), size))  # read-only view
+    else:
+        popularity = snapshots[np.searchsorted(np.asarray(distinct), np.asarray(buckets))]
+    return _BatchFrame(
+        events=applied,
         ids=ids,
         items=items,
         times=times,
         valid=valid,
         rankable=rankable,
-        cold_user=np.array([not seen for seen in seen_lists]),
+        cold_user=cold_user,
         cold_item=cold_item,
         seen_item=seen_item,
         popularity=popularity,
+        rows_of_user=rows_of_user,
     )
 
 
@@ -210,84 +288,42 @@ def pessimistic_ranks(scores: np.ndarray, targets: np.ndarray, valid: np.ndarray
     return 1 + beaten_or_tied.sum(axis=1)
 
 
-def _run_round(
-    round_events: list[Interaction],
-    work: dict[int, UserSnapshot],
-    runners: Sequence[Runner],
-    view: GlobalView,
-    options: ScoringOptions,
-    batch_size: int,
-) -> list[Prediction]:
-    frame = _frame(round_events, work, runners, view, options)
-    n_candidates = frame.valid.sum(axis=1) + frame.rankable  # target counted when rankable
-    per_model: list[tuple[str, np.ndarray, np.ndarray | None]] = []
-    for runner in runners:
-        scores = _scores(runner, frame, work)
-        ranks = pessimistic_ranks(scores, frame.items, frame.valid)
-        shift = _update(runner, frame, work) if isinstance(runner, SeqRecRunner) else None
-        per_model.append((runner.name, ranks, shift))
-    for event in round_events:
-        snapshot = work[event.user]
-        snapshot.seen.append(event.item)
-        snapshot.last_event_id = event.event_id
-    predictions: list[Prediction] = []
-    for row, event in enumerate(round_events):
-        for name, ranks, shift in per_model:
-            shift_value = None if shift is None or np.isnan(shift[row]) else float(shift[row])
-            oov = False
-            runner = next(r for r in runners if r.name == name)
-            if isinstance(runner, SeqRecRunner):
-                oov = bool(runner.vocab_index(frame.items[row : row + 1])[0] < 0)
-            predictions.append(
-                Prediction(
-                    event_id=event.event_id,
-                    user=event.user,
-                    item=event.item,
-                    time=event.time,
-                    model=name,
-                    rank=int(ranks[row]) if frame.rankable[row] else None,
-                    n_candidates=int(n_candidates[row]),
-                    cold_user=bool(frame.cold_user[row]),
-                    cold_item=bool(frame.cold_item[row]),
-                    seen_item=bool(frame.seen_item[row]),
-                    oov_item=oov,
-                    shift_score=shift_value,
-                    cohort=event.cohort,
-                    shifted=event.shifted,
-                    batch_size=batch_size,
-                )
-            )
-    return predictions
-
-
-def _scores(runner: Runner, frame: _RoundFrame, work: Mapping[int, UserSnapshot]) -> np.ndarray:
-    """[U, M] scores before the update; users without a hidden vector get popularity."""
-    if not isinstance(runner, SeqRecRunner):
-        return frame.popularity
-    scores = frame.popularity.copy()
-    rows = [row for row, e in enumerate(frame.events) if runner.name in work[e.user].hidden]
-    if rows:
-        hidden = torch.cat([work[frame.events[row].user].hidden[runner.name] for row in rows])
-        scores[rows] = runner.scores(hidden, frame.popularity.shape[1])  # [U', M]
-    return scores
-
-
-def _update(runner: SeqRecRunner, frame: _RoundFrame, work: dict[int, UserSnapshot]) -> np.ndarray:
-    """Step the users whose item the model knows; return [U] shift scores (nan: none)."""
+def _advance(
+    runner: SeqRecRunner, frame: _BatchFrame, work: dict[int, UserSnapshot]
+) -> tuple[list[Tensor | None], np.ndarray]:
+    """Step every user through its in-vocabulary events of the batch; -> per row the hidden
+    vector *before* the event ([D], None: popularity fallback) and [N] shift scores after it
+    (nan: none). An out-of-vocabulary event leaves the user's state and hidden vector as they
+    are."""
+    name = runner.name
+    known = runner.vocab_index(frame.items) >= 0  # [N]
+    before: list[Tensor | None] = [None] * len(frame.events)
     shift = np.full(len(frame.events), np.nan)
-    rows = np.nonzero(runner.vocab_index(frame.items) >= 0)[0]
-    if rows.size == 0:
-        return shift
-    users = [frame.events[row].user for row in rows]
-    states: list[State] = [
-        work[u].states[runner.name] if runner.name in work[u].states else runner.initial_state(1)
-        for u in users
-    ]
-    state = states[0] if len(states) == 1 else type(states[0]).cat(states)
-    new_state, hidden, shift_rows = runner.step(state, frame.items[rows], frame.times[rows])
-    for j, user in enumerate(users):
-        work[user].states[runner.name] = new_state if len(users) == 1 else new_state.index([j])
-        work[user].hidden[runner.name] = hidden[j : j + 1].clone()
-    if shift_rows is not None:
-        shift[rows] = shift_rows
-    return shift
+    users = [u for u, rows in frame.rows_of_user.items() if known[rows].any()]
+    steps = [[row for row in frame.rows_of_user[u] if known[row]] for u in users]
+    advanced = []
+    if users:
+        states = [
+            work[u].states[name] if name in work[u].states else runner.initial_state(1)
+            for u in users
+        ]
+        items = [frame.items[rows] for rows in steps]
+        times = [frame.times[rows] for rows in steps]
+        advanced = runner.advance(states, items, times)
+    after = dict(zip(users, advanced, strict=True))
+    for user, rows in frame.rows_of_user.items():
+        hidden = work[user].hidden.get(name)
+        current = None if hidden is None else hidden[0]
+        result = after.get(user)
+        step = 0
+        for row in rows:
+            before[row] = current
+            if known[row] and result is not None:
+                current = result.hidden[step]
+                if result.shift is not None:
+                    shift[row] = result.shift[step]
+                step += 1
+        if result is not None:
+            work[user].states[name] = result.state
+            work[user].hidden[name] = result.hidden[-1:].clone()
+    return before, shift

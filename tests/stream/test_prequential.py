@@ -83,11 +83,12 @@ def events(tiny_log: InteractionLog) -> list[Interaction]:
 
 
 @pytest.mark.parametrize("entry", ["pop", "sasrec", "ttt4rec", "ttt4rec:frozen"])
+@pytest.mark.parametrize("batch_size", [16, 150])  # 150: one batch, windows slide inside it
 def test_matches_the_from_scratch_reference(
-    events: list[Interaction], checkpoint_dir: Path, entry: str
+    events: list[Interaction], checkpoint_dir: Path, entry: str, batch_size: int
 ) -> None:
     (runner,) = _runners(checkpoint_dir, [entry])
-    predictions, _ = evaluate_offline(events, [runner], batch_size=16)
+    predictions, _ = evaluate_offline(events, [runner], batch_size=batch_size)
     got = [(p.event_id, p.rank, p.n_candidates, p.cold_user, p.cold_item) for p in predictions]
     assert got == reference(events, runner)
     assert any(p.rank is not None and p.rank > 1 for p in predictions)  # not trivial
