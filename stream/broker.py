@@ -13,7 +13,6 @@ As a library::
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import signal
 import socket
@@ -25,6 +24,7 @@ from pathlib import Path
 from types import TracebackType
 
 from stream.bootstrap import BrokerUnreachable, ensure_reachable
+from stream.processes import die_with_parent, stop_process
 
 READY_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 5.0
@@ -64,13 +64,6 @@ def check_port_free(host: str, port: int) -> None:
             raise BrokerStartError(f"cannot bind {host}:{port}: {error}") from error
 
 
-def _die_with_parent() -> None:
-    """In the child: ask Linux to SIGTERM the broker if our process dies without cleaning up."""
-    if sys.platform.startswith("linux"):
-        pr_set_pdeathsig = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-
 class EmbeddedBroker:
     """A Tansu broker process bound to one loopback port; a context manager giving its address."""
 
@@ -104,7 +97,7 @@ class EmbeddedBroker:
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent(signal.SIGTERM),
         )
         try:
             ensure_reachable(self.bootstrap, timeout_s=ready_timeout_s)
@@ -120,14 +113,8 @@ class EmbeddedBroker:
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=timeout_s)
+        if process is not None:
+            stop_process(process, timeout_s)
 
     def __enter__(self) -> str:
         return self.start()

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -21,11 +22,28 @@ STOP_TIMEOUT_S = 15.0
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _die_with_parent() -> None:
-    """In the child: Linux sends SIGKILL to the worker if the process that started it dies."""
-    if sys.platform.startswith("linux"):
-        pr_set_pdeathsig = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+def die_with_parent(signum: int) -> Callable[[], None]:
+    """A ``preexec_fn``: Linux sends ``signum`` to the child if the process that started it dies,
+    so a crashed test or orchestrator never leaves brokers or workers behind."""
+
+    def arm() -> None:
+        if sys.platform.startswith("linux"):
+            pr_set_pdeathsig = 1
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signum)
+
+    return arm
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout_s: float) -> int | None:
+    """SIGTERM, wait at most ``timeout_s``, then SIGKILL; return the exit code."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=timeout_s)
+    return process.returncode
 
 
 class WorkerProcess:
@@ -74,17 +92,9 @@ class WorkerProcess:
             self.process.wait(timeout=STOP_TIMEOUT_S)
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
-        process = self.process
-        if process is None:
+        if self.process is None:
             return None
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=timeout_s)
-        return process.returncode
+        return stop_process(self.process, timeout_s)
 
     def log_tail(self, chars: int = 4000) -> str:
         if not self.log_path.is_file():

@@ -17,6 +17,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from replay.schema import load_json_object
 from stream.metrics import hit_at, ndcg_at, reciprocal_rank
 
 PREDICTION_VERSION = 1
@@ -110,13 +111,8 @@ def encode_prediction(record: Prediction | PredictionEnd) -> bytes:
 
 
 def decode_prediction(data: bytes | None) -> Prediction | PredictionEnd:
-    if data is None:
-        raise MalformedPrediction("empty value")
-    try:
-        payload = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise MalformedPrediction(f"not JSON: {error}") from error
-    if not isinstance(payload, dict) or payload.get("v") != PREDICTION_VERSION:
+    payload = load_json_object(data, MalformedPrediction)
+    if payload.get("v") != PREDICTION_VERSION:
         raise MalformedPrediction(f"not a version-{PREDICTION_VERSION} prediction record")
     kind = payload.pop("k", None)
     payload.pop("v")
