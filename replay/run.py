@@ -90,10 +90,14 @@ def prepare(
     end: float | None = None,
     limit: int | None = None,
 ) -> InteractionLog:
-    """Optional shift injection on the whole log, then the selection that defines the stream."""
-    if inject_config is not None:
-        log = inject(log, inject_config)
-    return select_events(log, start, end, limit)
+    """The selection that defines the stream, then the optional shift injection on it.
+
+    Selecting first makes ``--inject-at 0.5`` mean halfway through the events that are replayed
+    (and a shift date outside the selection an error), whatever --start/--end/--limit cut."""
+    selected = select_events(log, start, end, limit)
+    if inject_config is None:
+        return selected
+    return inject(selected, inject_config)
 
 
 def summarize(
