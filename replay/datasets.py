@@ -48,6 +48,7 @@ class InteractionLog:
     name: str
     events: pl.DataFrame  # EVENT_SCHEMA, ordered, event_id assigned
     items: pl.DataFrame | None = None  # item, title, genres (list[str]) when known
+    users: pl.DataFrame | None = None  # user, gender, age, occupation, zip when known
     malformed: MalformedLines = field(default_factory=MalformedLines)
     ground_truth: pl.DataFrame | None = None  # GROUND_TRUTH_SCHEMA, one row per shifted user
 
@@ -110,12 +111,31 @@ def read_ml1m_ratings(path: Path, examples: int = 5) -> tuple[pl.DataFrame, Malf
     return good, malformed
 
 
-def read_ml1m_movies(path: Path) -> pl.DataFrame:
-    """``MovieID::Title::Genres`` (Latin-1) -> item, title, genres (list of str)."""
+def split_dat_lines(
+    path: Path, n_fields: int, examples: int = 5
+) -> tuple[list[list[str]], MalformedLines]:
+    """``::``-separated Latin-1 lines with ``n_fields`` fields, the first an integer id; other
+    non-blank lines are counted (with the file name and line number), never silently dropped."""
+    rows: list[list[str]] = []
+    malformed = MalformedLines()
     text = path.read_bytes().decode("latin-1")
-    rows = [line.split("::") for line in text.splitlines() if line.strip()]
-    rows = [row for row in rows if len(row) == 3 and row[0].isdigit()]
-    return pl.DataFrame(
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.split("::")
+        if len(fields) == n_fields and fields[0].strip().isdigit():
+            rows.append(fields)
+            continue
+        malformed.count += 1
+        if len(malformed.examples) < examples:
+            malformed.examples.append((number, f"({path.name}) {line}"))
+    return rows, malformed
+
+
+def read_ml1m_movies(path: Path) -> tuple[pl.DataFrame, MalformedLines]:
+    """``MovieID::Title::Genres`` (Latin-1) -> item, title, genres (list of str)."""
+    rows, malformed = split_dat_lines(path, 3)
+    frame = pl.DataFrame(
         {
             "item": [int(row[0]) for row in rows],
             "title": [row[1] for row in rows],
@@ -123,14 +143,53 @@ def read_ml1m_movies(path: Path) -> pl.DataFrame:
         },
         schema={"item": pl.Int64(), "title": pl.String(), "genres": pl.List(pl.String())},
     )
+    return frame, malformed
+
+
+def read_ml1m_users(path: Path) -> tuple[pl.DataFrame, MalformedLines]:
+    """``UserID::Gender::Age::Occupation::Zip-code`` -> user, gender, age, occupation, zip."""
+    rows, malformed = split_dat_lines(path, 5)
+    frame = pl.DataFrame(
+        {
+            "user": [int(row[0]) for row in rows],
+            "gender": [row[1] for row in rows],
+            "age": [int(row[2]) if row[2].isdigit() else None for row in rows],
+            "occupation": [int(row[3]) if row[3].isdigit() else None for row in rows],
+            "zip": [row[4] for row in rows],
+        },
+        schema={
+            "user": pl.Int64(),
+            "gender": pl.String(),
+            "age": pl.Int64(),
+            "occupation": pl.Int64(),
+            "zip": pl.String(),
+        },
+    )
+    return frame, malformed
 
 
 def load_ml1m_dir(data_dir: Path, name: str = "ml-1m") -> InteractionLog:
-    """ML-1M from a folder holding ``ratings.dat`` (and optionally ``movies.dat``)."""
+    """ML-1M from a folder holding ``ratings.dat`` (and optionally ``movies.dat``, ``users.dat``).
+
+    Malformed lines of all three files are counted together; the examples name their file
+    when it is not ``ratings.dat``."""
     ratings = data_dir / "ratings.dat"
     if not ratings.is_file():
         raise FileNotFoundError(f"{data_dir} has no ratings.dat (expected the ML-1M layout)")
     events, malformed = read_ml1m_ratings(ratings)
-    movies = data_dir / "movies.dat"
-    items = read_ml1m_movies(movies) if movies.is_file() else None
-    return InteractionLog(name=name, events=order_events(events), items=items, malformed=malformed)
+    log = InteractionLog(name=name, events=order_events(events), malformed=malformed)
+    if (data_dir / "movies.dat").is_file():
+        log.items, bad_movies = read_ml1m_movies(data_dir / "movies.dat")
+        malformed = _merge(malformed, bad_movies)
+    if (data_dir / "users.dat").is_file():
+        log.users, bad_users = read_ml1m_users(data_dir / "users.dat")
+        malformed = _merge(malformed, bad_users)
+    log.malformed = malformed
+    return log
+
+
+def _merge(first: MalformedLines, second: MalformedLines, examples: int = 5) -> MalformedLines:
+    return MalformedLines(
+        count=first.count + second.count,
+        examples=(first.examples + second.examples)[:examples],
+    )

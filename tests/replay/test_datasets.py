@@ -33,6 +33,29 @@ def test_real_subset_counts_and_global_order(ml1m_subset_dir: Path) -> None:
     )
     assert log.items is not None and log.items.height == 3_883
     assert "Toy Story (1995)" in log.items["title"].to_list()  # Latin-1 titles decoded
+    assert log.users is not None and log.users.height == 6_040  # users.dat lists every user
+    assert log.users.row(0) == (1, "F", 1, 10, "48067")
+
+
+def test_malformed_metadata_lines_are_counted_with_their_file(tmp_path: Path) -> None:
+    (tmp_path / "ratings.dat").write_text("1::10::5::100\n2::11::4::101\n")
+    (tmp_path / "movies.dat").write_bytes(
+        "10::Caf\xe9 (1999)::Drama\nnot a movie line\n11::Other (2000)::Comedy|Drama\n".encode(
+            "latin-1"
+        )
+    )
+    (tmp_path / "users.dat").write_text("1::F::1::10::48067\n2::M::25\n")
+    log = load_ml1m_dir(tmp_path)
+    assert log.items is not None and log.items["title"].to_list() == [
+        "Caf\xe9 (1999)",
+        "Other (2000)",
+    ]
+    assert log.users is not None and log.users["user"].to_list() == [1]
+    assert log.malformed.count == 2
+    assert log.malformed.examples == [
+        (2, "(movies.dat) not a movie line"),
+        (2, "(users.dat) 2::M::25"),
+    ]
 
 
 def test_ties_break_by_user_then_original_row(tiny_ml1m_dir: Path) -> None:
