@@ -51,11 +51,11 @@ DEMO_DATA := $(if $(ML1M_DIR),--data-dir $(ML1M_DIR),)
 # frozen twin), 90 s of CPU training per model; about 15 minutes on a 2-core CPU.
 DEMO_FLAGS := --start 2001-01-01 --limit 60000 --inject genre-swap --inject-at 0.4 \
 	--cohort-frac 0.3 --seed 0 --models pop,sasrec,ttt4rec,ttt4rec:frozen,t2arec,t2arec:frozen \
-	--train-budget-s 90
+	--train-budget-s 90 --batch-size 64
 
 .PHONY: demo
 demo: install ## Run the main job end to end: embedded broker, worker, replay, Parquet, report
-	$(PYTHON) -m stream run ml-1m $(DEMO_DATA) $(DEMO_FLAGS) --out runs/demo
+	SHIFTSTREAM_SESSION_TIMEOUT_S=60 $(PYTHON) -m stream run ml-1m $(DEMO_DATA) $(DEMO_FLAGS) --out runs/demo
 	@echo "report: runs/demo/report/report.html"
 
 .PHONY: bench

@@ -224,8 +224,8 @@ def create_app(settings: Settings) -> faust.App:
         # with a short max poll interval a worker whose stream buffer is full stops polling,
         # is removed from the group and Faust can stall after the rejoin (seen under load)
         broker_rebalance_timeout=5.0,
-        broker_session_timeout=10.0,
-        broker_heartbeat_interval=1.0,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=min(1.0, settings.session_timeout_s / 3),
         broker_max_poll_interval=300.0,
         broker_commit_interval=1.0,
         stream_buffer_maxsize=16_384,

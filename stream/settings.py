@@ -52,6 +52,7 @@ class Settings:
     popularity_refresh_s: float = 86_400.0  # popularity snapshot grid (event time)
     popularity_window_s: float = 0.0  # counts over this much event time; 0 = all history
     view_timeout_s: float = 120.0  # longest wait for the global view to catch up
+    session_timeout_s: float = 10.0  # Kafka group session; raise it when batches take long
     passthrough: bool = False  # benchmark baseline: decode and forward, no model work
     window_s: float = 7 * 86_400.0  # sink: tumbling event-time window size
     half_life_s: float = 7 * 86_400.0  # sink: event-time fading half-life
