@@ -46,10 +46,10 @@ broker: install ## Start the embedded Kafka-compatible broker on 127.0.0.1:9092
 ML1M_DIR ?= $(wildcard ../shared/data/ml-1m-subset)
 DEMO_DATA := $(if $(ML1M_DIR),--data-dir $(ML1M_DIR),)
 
-# The demo: ML-1M from 2001 on (at most 60,000 events; users with long histories), a genre swap
+# The demo: ML-1M from 2001 on (at most 40,000 events; users with long histories), a genre swap
 # injected for 30 % of the users 40 % of the way in, six models (each adaptive one beside its
-# frozen twin), 90 s of CPU training per model; about 15 minutes on a 2-core CPU.
-DEMO_FLAGS := --start 2001-01-01 --limit 60000 --inject genre-swap --inject-at 0.4 \
+# frozen twin), 90 s of CPU training per model; about 12 minutes on a 2-core CPU.
+DEMO_FLAGS := --start 2001-01-01 --limit 40000 --inject genre-swap --inject-at 0.4 \
 	--cohort-frac 0.3 --seed 0 --models pop,sasrec,ttt4rec,ttt4rec:frozen,t2arec,t2arec:frozen \
 	--train-budget-s 90 --batch-size 64
 

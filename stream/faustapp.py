@@ -226,9 +226,11 @@ def create_app(settings: Settings) -> faust.App:
         broker_rebalance_timeout=5.0,
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=min(1.0, settings.session_timeout_s / 3),
-        broker_max_poll_interval=300.0,
+        # Faust stops fetching while its stream buffer is full; a slow model pass over a full
+        # buffer must not count as a dead consumer (heartbeats and the session cover liveness)
+        broker_max_poll_interval=3600.0,
         broker_commit_interval=1.0,
-        stream_buffer_maxsize=16_384,
+        stream_buffer_maxsize=4_096,
         web_enabled=False,
         key_serializer="raw",
         value_serializer="raw",
