@@ -116,22 +116,32 @@ def _decode_interaction(payload: dict[str, Any]) -> Interaction:
     rating = payload.get("r")
     if rating is not None and not isinstance(rating, int | float):
         raise MalformedRecord(f"field 'r' (rating) must be a number or null, got {rating!r}")
-    time = payload.get("t")
-    if not isinstance(time, int | float) or isinstance(time, bool) or not math.isfinite(time):
-        raise MalformedRecord(f"field 't' (event time) must be a finite number, got {time!r}")
-    dataset = payload.get("ds")
-    if not isinstance(dataset, str):
-        raise MalformedRecord(f"field 'ds' (dataset) must be a string, got {dataset!r}")
+    time = _finite_time(payload, "event time")
+    dataset = _dataset(payload)
     return Interaction(
         event_id=_int(payload, "id"),
         user=_int(payload, "u"),
         item=_int(payload, "i"),
         rating=None if rating is None else float(rating),
-        time=float(time),
+        time=time,
         dataset=dataset,
         cohort=bool(payload.get("c", 0)),
         shifted=bool(payload.get("s", 0)),
     )
+
+
+def _finite_time(payload: dict[str, Any], meaning: str) -> float:
+    time = payload.get("t")
+    if not isinstance(time, int | float) or isinstance(time, bool) or not math.isfinite(time):
+        raise MalformedRecord(f"field 't' ({meaning}) must be a finite number, got {time!r}")
+    return float(time)
+
+
+def _dataset(payload: dict[str, Any]) -> str:
+    dataset = payload.get("ds")
+    if not isinstance(dataset, str):
+        raise MalformedRecord(f"field 'ds' (dataset) must be a string, got {dataset!r}")
+    return dataset
 
 
 def _int(payload: dict[str, Any], field: str) -> int:
@@ -181,16 +191,12 @@ def decode_item(data: bytes | str | None) -> ItemFirstSeen:
             f"not an item record of schema {SCHEMA_VERSION}: v={payload.get('v')!r} "
             f"k={payload.get('k')!r}"
         )
-    time = payload.get("t")
-    if not isinstance(time, int | float) or isinstance(time, bool) or not math.isfinite(time):
-        raise MalformedRecord(f"field 't' (first event time) must be a finite number, got {time!r}")
-    dataset = payload.get("ds")
-    if not isinstance(dataset, str):
-        raise MalformedRecord(f"field 'ds' (dataset) must be a string, got {dataset!r}")
+    time = _finite_time(payload, "first event time")
+    dataset = _dataset(payload)
     return ItemFirstSeen(
         item=_int(payload, "i"),
         first_event_id=_int(payload, "id"),
-        first_time=float(time),
+        first_time=time,
         dataset=dataset,
     )
 
