@@ -102,22 +102,38 @@ def encode_state(state: State, model: str, checkpoint: str) -> bytes:
         "checkpoint": checkpoint,
         "fields": entries,
     }
-    header_bytes = json.dumps(header, separators=(",", ":")).encode()
-    prefix = _PREFIX.pack(STATE_MAGIC, STATE_FORMAT_VERSION, len(header_bytes))
-    return prefix + header_bytes + b"".join(blobs)
+    return frame_bytes(STATE_MAGIC, STATE_FORMAT_VERSION, header, blobs)
 
 
 def read_state_header(data: bytes) -> dict[str, Any]:
-    if len(data) < _PREFIX.size:
-        raise StateFormatError(f"state bytes too short ({len(data)} B) to hold a header")
-    magic, version, header_len = _PREFIX.unpack_from(data)
-    if magic != STATE_MAGIC:
-        raise StateFormatError(f"not shiftstream state bytes (magic {magic!r})")
-    if version != STATE_FORMAT_VERSION:
-        raise StateFormatError(f"state format version {version}, this reader knows 1")
-    header: dict[str, Any] = json.loads(data[_PREFIX.size : _PREFIX.size + header_len])
-    header["_payload_offset"] = _PREFIX.size + header_len
+    header, payload_offset = unframe_bytes(
+        data, STATE_MAGIC, STATE_FORMAT_VERSION, StateFormatError, "shiftstream state bytes"
+    )
+    header["_payload_offset"] = payload_offset
     return header
+
+
+def frame_bytes(magic: bytes, version: int, header: dict[str, Any], blobs: list[bytes]) -> bytes:
+    """``magic | version | header length | JSON header | blobs``: the layout of every binary
+    value shiftstream writes (model states here, user snapshots in ``stream.userstate``)."""
+    header_bytes = json.dumps(header, separators=(",", ":")).encode()
+    return _PREFIX.pack(magic, version, len(header_bytes)) + header_bytes + b"".join(blobs)
+
+
+def unframe_bytes(
+    data: bytes, magic: bytes, version: int, error: type[ValueError], what: str
+) -> tuple[dict[str, Any], int]:
+    """The JSON header of ``frame_bytes`` output and the offset where its blobs start; raise
+    ``error`` naming ``what`` when the bytes are short, of another kind or another version."""
+    if len(data) < _PREFIX.size:
+        raise error(f"{what} too short ({len(data)} B) to hold a header")
+    found_magic, found_version, header_len = _PREFIX.unpack_from(data)
+    if found_magic != magic:
+        raise error(f"not {what} (magic {found_magic!r})")
+    if found_version != version:
+        raise error(f"{what}: format version {found_version}, this reader knows {version}")
+    header: dict[str, Any] = json.loads(data[_PREFIX.size : _PREFIX.size + header_len])
+    return header, _PREFIX.size + header_len
 
 
 def decode_state(

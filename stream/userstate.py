@@ -16,19 +16,16 @@ hidden vectors likewise as a one-field state.
 
 from __future__ import annotations
 
-import json
-import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from torch import Tensor
 
-from models.state import State, decode_state, encode_state
+from models.state import State, decode_state, encode_state, frame_bytes, unframe_bytes
 from stream.runners import SeqRecRunner
 
 SNAPSHOT_MAGIC = b"SSUS"
 SNAPSHOT_VERSION = 1
-_PREFIX = struct.Struct("<4sHI")
 
 
 class SnapshotFormatError(ValueError):
@@ -70,24 +67,13 @@ def encode_snapshot(snapshot: UserSnapshot, runners: Mapping[str, SeqRecRunner])
         "seen": snapshot.seen,
         "models": models,
     }
-    header_bytes = json.dumps(header, separators=(",", ":")).encode()
-    return (
-        _PREFIX.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, len(header_bytes))
-        + header_bytes
-        + (b"".join(blobs))
-    )
+    return frame_bytes(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, header, blobs)
 
 
 def decode_snapshot(data: bytes, runners: Mapping[str, SeqRecRunner]) -> UserSnapshot:
-    if len(data) < _PREFIX.size:
-        raise SnapshotFormatError(f"user snapshot too short ({len(data)} B)")
-    magic, version, header_len = _PREFIX.unpack_from(data)
-    if magic != SNAPSHOT_MAGIC:
-        raise SnapshotFormatError(f"not a user snapshot (magic {magic!r})")
-    if version != SNAPSHOT_VERSION:
-        raise SnapshotFormatError(f"user snapshot version {version}, this reader knows 1")
-    header = json.loads(data[_PREFIX.size : _PREFIX.size + header_len])
-    offset = _PREFIX.size + header_len
+    header, offset = unframe_bytes(
+        data, SNAPSHOT_MAGIC, SNAPSHOT_VERSION, SnapshotFormatError, "a user snapshot"
+    )
     snapshot = UserSnapshot(user=header["user"], last_event_id=header["last"], seen=header["seen"])
     for name, (state_len, hidden_len) in header["models"].items():
         state_blob = data[offset : offset + state_len]
