@@ -24,6 +24,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
+import polars as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -82,6 +84,10 @@ class SeqRecModel(nn.Module, ABC):
         """Offline read-out: hidden [B, D] at each row's last real item. Models with test-time
         adaptation override it to adapt on each row's history first when ``adapt`` is set."""
         return last_positions(self(items, times), lengths)
+
+    def use_item_metadata(self, raw_items: np.ndarray, metadata: pl.DataFrame | None) -> None:
+        """Catalogue metadata (``item, title, genres``; index i is raw id ``raw_items[i - 1]``)
+        for models that read item text (DARec). ID-only models ignore it."""
 
     def shift_score(self, state: State) -> Tensor | None:
         """Per-user shift score after the last step ([U]), for models that have one."""

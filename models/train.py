@@ -198,7 +198,9 @@ def run(options: TrainOptions) -> dict[str, Any]:
     config_type, _ = REGISTRY[options.model]
     overrides = parse_config_overrides(config_type, options.overrides)
     config = config_type(**{"n_items": vocab.size, "max_len": options.max_len, **overrides})
-    model = build(options.model, config).to(device)
+    model = build(options.model, config)
+    model.use_item_metadata(vocab.raw_sorted, log.items)
+    model = model.to(device)
     samples = protocol_samples(log, vocab, config.max_len, options.protocol, until)
     train_set, valid_set = samples[TRAIN].to(device), samples[VALID]
     if options.valid_rows is not None and options.valid_rows < len(valid_set):

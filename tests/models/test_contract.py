@@ -19,7 +19,14 @@ from models.registry import REGISTRY, build
 from models.state import decode_state, encode_state
 
 TINY: dict[str, Any] = {"n_items": 50, "d_model": 16, "max_len": 12}
+# Per-model settings every test config gets (DARec: the tiny random backbone, no download).
+TEST_SETTINGS: dict[str, dict[str, Any]] = {"darec": {"backbone": "tiny"}}
 VARIANTS: dict[str, list[dict[str, Any]]] = {
+    "darec": [
+        {"context_masking": False},
+        {"knowledge_injection": False},
+        {"adapters": "none,lora4,serial16,parallel32,lora16,serial64"},
+    ],
     "ttt4rec": [
         {"policy": "recurrent"},
         {"policy": "recurrent", "inner": "linear"},
@@ -40,7 +47,8 @@ assert models.REGISTRY is REGISTRY
 def tiny_model(name: str, overrides: dict[str, Any], seed: int = 0) -> SeqRecModel:
     torch.manual_seed(seed)
     config_type, _ = REGISTRY[name]
-    return build(name, config_type(**{**TINY, **overrides})).eval()
+    settings = {**TINY, **TEST_SETTINGS.get(name, {}), **overrides}
+    return build(name, config_type(**settings)).eval()
 
 
 def batch(n: int, length: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
