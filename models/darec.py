@@ -272,13 +272,17 @@ class DARec(SeqRecModel):
             prefix_positions = torch.arange(PREFIX, device=lm_items.device).expand(batch, -1)
             positions = torch.cat((prefix_positions, self._block_positions(blocks).flatten(1)), 1)
             x = self.encoder.embed(vectors, positions)
-            for layer, allowed in zip(self.encoder.layers[: config.masked_layers], masks):
+            for layer, allowed in zip(
+                self.encoder.layers[: config.masked_layers], masks, strict=False
+            ):
                 x = layer(x, allowed)
         order = self.item_order.weight.repeat_interleave(config.tokens_per_item, dim=0)  # [n·T, W]
         x = torch.cat(
             (x[:, :USER], _replace(x[:, USER], user_vectors).unsqueeze(1), x[:, PREFIX:] + order), 1
         )
-        upper = zip(self.encoder.layers[config.masked_layers :], masks[config.masked_layers :])
+        upper = zip(
+            self.encoder.layers[config.masked_layers :], masks[config.masked_layers :], strict=True
+        )
         for layer, allowed in upper:
             x = layer(x, allowed)
         closing = PREFIX + config.tokens_per_item * torch.arange(1, n + 1, device=x.device) - 1
