@@ -107,7 +107,10 @@ class EncoderLayer(nn.Module):
         q = query.view(heads).transpose(1, 2)  # [B, H, S, Dh]
         k = self.key(x).view(heads).transpose(1, 2)
         v = value.view(heads).transpose(1, 2)
-        context = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed.unsqueeze(1))
+        # Written out rather than SDPA: on the CPU its masked backward was most of a training step.
+        scores = (q @ k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)  # [B, H, S, S]
+        scores = scores.masked_fill(~allowed.unsqueeze(1), float("-inf"))
+        context = torch.softmax(scores.float(), dim=-1).to(v.dtype) @ v  # [B, H, S, Dh]
         attended = self.attn_out(context.transpose(1, 2).reshape(batch, length, width))
         x = self.attn_norm(x + self.dropout(attended))  # [B, S, W]
         ffn = self.ffn_out(F.gelu(self.ffn_in(x)))

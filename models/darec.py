@@ -72,6 +72,7 @@ class DARecConfig(SeqRecConfig):
     align_weight: float = 0.1  # weight of the alignment loss
     dropout: float = 0.1  # backbone and head dropout
     supervise_window: bool = True  # train every LM item's [/I] on its next item, not only the last
+    bf16: bool = False  # run the backbone under bfloat16 autocast (fast on CPUs with AMX, GPUs)
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -319,8 +320,9 @@ class DARec(SeqRecModel):
             self.cf(items, torch.zeros_like(items, dtype=torch.float64)) if self.cf else None
         )
         users = self._user_vectors(cf_hidden, lengths, counts)
-        states = self._encode_lm(lm_items, users, cached=self.config.context_masking)
-        return self.head(states), lm_items, counts, cf_hidden
+        with torch.autocast(items.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
+            states = self._encode_lm(lm_items, users, cached=self.config.context_masking)
+        return self.head(states.to(self.head[1].weight.dtype)), lm_items, counts, cf_hidden
 
     def last_hidden(
         self, items: Tensor, times: Tensor, lengths: Tensor, adapt: bool = False

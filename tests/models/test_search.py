@@ -1,0 +1,99 @@
+"""DARec end to end on a tiny ML-1M-format log with titles: train/evaluate through the CLIs, and
+the adapter search (trials saved, pruning reported, resumable, best trained)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from models.checkpoint import load_checkpoint
+from models.darec import DARec
+from models.evaluate import app as evaluate_app
+from models.search import app as search_app
+from models.text import item_texts, item_token_table
+from models.train import app as train_app
+
+runner = CliRunner()
+pytestmark = pytest.mark.slow
+GENRES = ["Action", "Comedy", "Drama", "Horror"]
+TINY_DAREC = ["--set", "backbone=tiny", "--set", "d_model=16", "--set", "lm_items=4"]
+
+
+@pytest.fixture(scope="module")
+def titled_ml1m(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 users x 20 ratings over 30 titled movies, users drifting through the catalogue."""
+    folder = tmp_path_factory.mktemp("ml1m-titled")
+    rng = np.random.default_rng(1)
+    ratings = []
+    for user in range(1, 13):
+        start = 978_300_000 + user * 1000
+        for t in range(20):
+            item = 1 + (user * 2 + t + int(rng.integers(0, 3))) % 30
+            ratings.append(f"{user}::{item}::{int(rng.integers(1, 6))}::{start + t * 60}")
+    movies = [
+        f"{item}::Movie number {item} ({1960 + item})::{GENRES[item % 4]}|{GENRES[(item + 1) % 4]}"
+        for item in range(1, 31)
+    ]
+    (folder / "ratings.dat").write_text("\n".join(ratings) + "\n")
+    (folder / "movies.dat").write_text("\n".join(movies) + "\n", encoding="latin-1")
+    return folder
+
+
+def invoke(app, args: list[str]) -> str:  # type: ignore[no-untyped-def]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result.output
+
+
+def test_train_and_evaluate_darec_reads_titles(titled_ml1m: Path, tmp_path: Path) -> None:
+    out = tmp_path / "darec.safetensors"
+    invoke(
+        train_app,
+        ["--model", "darec", "--data-dir", str(titled_ml1m), "--out", str(out), "--device", "cpu",
+         "--quiet", "--batch-size", "16", "--max-len", "12", "--epochs", "1", *TINY_DAREC],
+    )  # fmt: skip
+    model = load_checkpoint(out).model
+    assert isinstance(model, DARec)
+    metadata = pl.DataFrame(
+        {"item": [7], "title": ["Movie number 7 (1967)"], "genres": [["Horror", "Action"]]}
+    )
+    expected = item_token_table(["", *item_texts([7], metadata)], model.tokenizer, 12)[1]
+    assert model.item_tokens.shape[0] == 31 and bool(model.text_ready)
+    assert item_texts([7], metadata)[0] == "Movie number 7 (1967) | Horror, Action"
+    assert int(model.item_tokens[7].ne(0).sum()) == int(expected.ne(0).sum())  # index 7 = raw 7
+    output = invoke(
+        evaluate_app, ["--checkpoint", str(out), "--protocol", "loo", "--json", "--device", "cpu"]
+    )
+    metrics = json.loads(output.strip().splitlines()[-1])
+    assert metrics["model"] == "darec" and metrics["rows"] == 12
+    assert 0.0 <= metrics["ndcg@10"] <= metrics["hr@10"] <= 1.0
+
+
+def test_search_saves_trials_resumes_and_trains_the_best(titled_ml1m: Path, tmp_path: Path) -> None:
+    pytest.importorskip("optuna")
+    study = tmp_path / "study"
+    common = ["--data-dir", str(titled_ml1m), "--study-dir", str(study), "--device", "cpu",
+              "--rounds", "2", "--round-seconds", "0.2", "--batch-size", "16",
+              "--set", "max_len=12", *TINY_DAREC]  # fmt: skip
+    invoke(search_app, [*common, "--trials", "3"])
+    first = json.loads((study / "trials.json").read_text())
+    assert len(first) == 3 and all(row["state"] == "COMPLETE" for row in first)  # 3 start-ups
+    for row in first:
+        assert len(row["adapters"].split(",")) == 6  # one choice per backbone layer
+        assert set(json.loads(row["intermediate_ndcg@10"])) == {"1", "2"}
+    output = invoke(search_app, [*common, "--trials", "5", "--final-seconds", "0.5"])
+    rows = pl.read_csv(study / "trials.csv")
+    assert rows.height == 5 and rows["number"].to_list() == [0, 1, 2, 3, 4]
+    assert rows.filter(pl.col("number") < 3)["adapters"].to_list() == [r["adapters"] for r in first]
+    assert set(rows["state"].to_list()) <= {"COMPLETE", "PRUNED"}
+    best = json.loads((study / "best.json").read_text())
+    finished = rows.filter(pl.col("state") == "COMPLETE")
+    assert best["best_valid_ndcg@10"] == pytest.approx(finished["valid_ndcg@10"].max())
+    assert json.loads(output.strip().splitlines()[-1])["final_checkpoint"].endswith(".safetensors")
+    final = load_checkpoint(study / "darec-best.safetensors").model
+    assert isinstance(final, DARec) and final.config.adapters == best["best_adapters"]
