@@ -162,7 +162,8 @@ class Encoder(nn.Module):
             real = rows != 0  # [B, S]
             positions = torch.arange(rows.shape[1], device=rows.device).unsqueeze(0)
             x = self.embed(self.word_embedding(rows), positions)
-            allowed = real.unsqueeze(1).expand(-1, rows.shape[1], -1)  # [B, S, S]
+            readable = real | ~real.any(1, keepdim=True)  # an empty row reads all: finite, unused
+            allowed = readable.unsqueeze(1).expand(-1, rows.shape[1], -1)  # [B, S, S]
             for layer in self.layers:
                 x = layer(x, allowed, use_adapter=False)
             weights = real.unsqueeze(-1).to(x.dtype)

@@ -322,7 +322,7 @@ class DARec(SeqRecModel):
         users = self._user_vectors(cf_hidden, lengths, counts)
         with torch.autocast(items.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
             states = self._encode_lm(lm_items, users, cached=self.config.context_masking)
-        return self.head(states.to(self.head[1].weight.dtype)), lm_items, counts, cf_hidden
+        return self.head(states.to(self.item_embedding.weight.dtype)), lm_items, counts, cf_hidden
 
     def last_hidden(
         self, items: Tensor, times: Tensor, lengths: Tensor, adapt: bool = False

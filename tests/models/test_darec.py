@@ -170,6 +170,7 @@ def test_metadata_reaches_tokens_and_text_features() -> None:
     expected = item_token_table(["", *item_texts([4, 8], metadata)], model.tokenizer, 12)
     assert torch.equal(model.item_tokens, expected)
     assert not torch.allclose(model.item_matrix(), before)  # features were recomputed
+    assert torch.isfinite(model.item_matrix()).all()  # the padding item (no tokens) included
     with pytest.raises(ValueError, match="2 item texts"):
         model.use_item_metadata(np.array([4]), metadata)
 
