@@ -70,6 +70,13 @@ def write_ml1m_layout(log: InteractionLog, folder: Path) -> Path:
         ).alias("line")
     )["line"]
     (folder / "ratings.dat").write_text("\n".join(lines.to_list()) + "\n")
+    if log.items is not None:  # titles and genres, for models that read item text (DARec)
+        movies = log.items.select(
+            pl.format(
+                "{}::{}::{}", pl.col("item"), pl.col("title"), pl.col("genres").list.join("|")
+            ).alias("line")
+        )["line"]
+        (folder / "movies.dat").write_text("\n".join(movies.to_list()) + "\n", encoding="latin-1")
     return folder
 
 

@@ -19,6 +19,7 @@ TINY_CONFIGS: dict[str, dict[str, object]] = {
     "sasrec": {"d_model": 16, "max_len": 8, "n_layers": 1, "n_heads": 1, "inner_dim": 32},
     "ttt4rec": {"d_model": 16, "max_len": 8, "n_layers": 1, "n_heads": 2, "ffn_dim": 32},
     "t2arec": {"d_model": 16, "max_len": 8},
+    "darec": {"d_model": 16, "max_len": 8, "lm_items": 4, "backbone": "tiny"},
 }
 
 

@@ -23,24 +23,26 @@ SYNTHETIC = {"users": 30, "items": 40, "events": 400, "seed": 4}
 def test_run_synthetic_end_to_end(tmp_path: Path) -> None:
     log = generate(SyntheticConfig(**SYNTHETIC))  # type: ignore[arg-type]
     checkpoints = tmp_path / "checkpoints"
-    tiny_checkpoints(checkpoints, log, ["sasrec", "ttt4rec"])
+    tiny_checkpoints(checkpoints, log, ["sasrec", "ttt4rec", "darec"])
     out = tmp_path / "run"
     options = [f"--{k}={v}" for k, v in SYNTHETIC.items()]
     result = subprocess.run(
         [sys.executable, "-m", "stream", "run", "synthetic", *options, "--out", str(out),
-         "--models", "pop,sasrec,ttt4rec:frozen", "--checkpoint-dir", str(checkpoints),
+         "--models", "pop,sasrec,ttt4rec:frozen,darec", "--checkpoint-dir", str(checkpoints),
          "--partitions", "2", "--device", "cpu", "--window", "1d", "--no-report",
          "--timeout-s", "240"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["events"]["per_model"] == {"pop": 400, "sasrec": 400, "ttt4rec:frozen": 400}
+    assert manifest["events"]["per_model"] == {
+        "pop": 400, "sasrec": 400, "ttt4rec:frozen": 400, "darec": 400
+    }  # fmt: skip
     assert manifest["checkpoints"]["sasrec"]["trained_now"] is False
     assert manifest["versions"]["faust-streaming"]
     windows = pl.read_parquet(out / "windows.parquet")
     assert windows.group_by("model").agg(pl.col("n_events").sum()).sort("model").rows() == [
-        ("pop", 400), ("sasrec", 400), ("ttt4rec:frozen", 400)
+        ("darec", 400), ("pop", 400), ("sasrec", 400), ("ttt4rec:frozen", 400)
     ]  # fmt: skip
     assert (out / "ground_truth.parquet").is_file()
 

@@ -97,3 +97,15 @@ def test_search_saves_trials_resumes_and_trains_the_best(titled_ml1m: Path, tmp_
     assert json.loads(output.strip().splitlines()[-1])["final_checkpoint"].endswith(".safetensors")
     final = load_checkpoint(study / "darec-best.safetensors").model
     assert isinstance(final, DARec) and final.config.adapters == best["best_adapters"]
+
+
+def test_pretraining_layout_keeps_titles_for_darec(titled_ml1m: Path, tmp_path: Path) -> None:
+    """``stream run`` pretrains from a copy of the stream in ML-1M layout: titles go with it."""
+    from replay.datasets import load_ml1m_dir
+    from stream.orchestrate import write_ml1m_layout
+
+    log = load_ml1m_dir(titled_ml1m, "ml-1m")
+    copy = load_ml1m_dir(write_ml1m_layout(log, tmp_path / "copy"), "ml-1m")
+    assert copy.items is not None and log.items is not None
+    assert copy.items.equals(log.items)
+    assert copy.events.select("user", "item").equals(log.events.select("user", "item"))
