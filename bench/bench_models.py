@@ -32,6 +32,7 @@ from models.state import State  # noqa: E402
 STAGGER = 8  # distinct history lengths among the benchmarked users
 
 VARIANTS: dict[str, list[dict[str, Any]]] = {
+    "darec": [{"bf16": False}, {"bf16": True}],  # MiniLM backbone: float32 vs bfloat16 autocast
     "ttt4rec": [
         {"policy": "windowed"},
         {"policy": "recurrent"},

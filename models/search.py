@@ -1,13 +1,14 @@
 """DARec's dynamic adaption: Bayesian optimisation of each layer's adapter.
 
 ``python -m models.search --data-dir DIR --protocol loo --trials 12 --rounds 3
---round-seconds 40 --study-dir runs/darec-search [--sampler tpe|gp] [--final-seconds 900]``
+--round-batches 20 --study-dir runs/darec-search [--sampler tpe|gp] [--final-seconds 900]``
 
 Every trial picks one adapter per backbone layer (``models/adapters.py``: none, LoRA 4/8/16,
 serial or parallel bottleneck 16/32/64), trains DARec for ``rounds`` rounds of
-``round-seconds`` each on the protocol's training rows, and reports the validation NDCG@10
-after each round; optuna's median pruner stops trials that fall below the median of earlier
-trials at the same round. The objective is the last round's validation NDCG@10.
+``round-batches`` batches each on the protocol's training rows (a fixed amount of work, so
+trials compare fairly on a shared, noisy machine; ``--round-seconds`` caps a round's time too),
+and reports the validation NDCG@10 after each round; optuna's median pruner stops trials that
+fall below the median of earlier trials at the same round. The objective is the last round's validation NDCG@10.
 
 The study lives in ``STUDY_DIR/study.db`` (SQLite), so an interrupted search resumes where it
 stopped: running the command again adds trials until ``--trials`` have finished. After every
@@ -49,7 +50,8 @@ class SearchOptions:
     protocol: str = "loo"
     trials: int = 12
     rounds: int = 3
-    round_seconds: float = 40.0
+    round_batches: int = 20
+    round_seconds: float | None = None
     valid_rows: int = 1000
     sampler: str = "tpe"
     seed: int = 2020
@@ -131,8 +133,17 @@ def run_trial(trial: Any, options: SearchOptions, data: SearchData, device: torc
     trial.set_user_attr("trainable_parameters", sum(p.numel() for p in trainable))
     ndcg = 0.0
     for round_index in range(1, options.rounds + 1):
-        deadline = time.perf_counter() + options.round_seconds
-        losses, _ = train_epoch(model, optimizer, data.train, train_options, round_index, deadline)
+        seconds = options.round_seconds
+        deadline = None if seconds is None else time.perf_counter() + seconds
+        losses, _ = train_epoch(
+            model,
+            optimizer,
+            data.train,
+            train_options,
+            round_index,
+            deadline,
+            options.round_batches,
+        )
         valid = evaluate_samples(model, data.valid, options.eval_batch_size)
         ndcg = valid["ndcg@10"]
         trial.set_user_attr(f"round{round_index}_batches", len(losses))
@@ -267,7 +278,10 @@ def main(
     protocol: Annotated[str, typer.Option(help="ttt4rec (3:2:5) or loo")] = "loo",
     trials: Annotated[int, typer.Option(help="finished trials wanted in the study")] = 12,
     rounds: Annotated[int, typer.Option(help="train/validate rounds per trial")] = 3,
-    round_seconds: Annotated[float, typer.Option(help="training seconds per round")] = 40.0,
+    round_batches: Annotated[int, typer.Option(help="training batches per round")] = 20,
+    round_seconds: Annotated[
+        float | None, typer.Option(help="also cap each round's training time")
+    ] = None,
     valid_rows: Annotated[int, typer.Option(help="fixed validation subset")] = 1000,
     sampler: Annotated[str, typer.Option(help="tpe or gp")] = "tpe",
     seed: Annotated[int, typer.Option(help="random seed")] = 2020,
@@ -284,7 +298,8 @@ def main(
         torch.set_num_threads(threads)
     options = SearchOptions(
         study_dir=study_dir, data_dir=data_dir, dataset=dataset, protocol=protocol, trials=trials,
-        rounds=rounds, round_seconds=round_seconds, valid_rows=valid_rows, sampler=sampler,
+        rounds=rounds, round_batches=round_batches, round_seconds=round_seconds,
+        valid_rows=valid_rows, sampler=sampler,
         seed=seed, batch_size=batch_size, lr=lr, device=device, overrides=tuple(set_ or ()),
         final_seconds=final_seconds,
     )  # fmt: skip

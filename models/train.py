@@ -149,8 +149,10 @@ def train_epoch(
     options: TrainOptions,
     epoch: int,
     deadline: float | None,
+    max_batches: int | None = None,
 ) -> tuple[list[float], bool]:
-    """One pass in a seeded random order; returns (batch losses, whether the budget ran out)."""
+    """One pass in a seeded random order, or its first ``max_batches`` batches; returns (batch
+    losses, whether the time budget ran out)."""
     model.train()
     generator = torch.Generator().manual_seed(options.seed * 1000 + epoch)
     order = torch.randperm(len(samples), generator=generator).to(samples.items.device)
@@ -173,6 +175,8 @@ def train_epoch(
                 recent = float(torch.stack(losses[-20:]).mean())
                 progress.update(task, loss=f"loss {recent:.4f}")
             progress.advance(task)
+            if max_batches is not None and len(losses) >= max_batches:
+                break
             if deadline is not None and time.perf_counter() > deadline:
                 out_of_time = True
                 break

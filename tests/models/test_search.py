@@ -78,7 +78,7 @@ def test_search_saves_trials_resumes_and_trains_the_best(titled_ml1m: Path, tmp_
     pytest.importorskip("optuna")
     study = tmp_path / "study"
     common = ["--data-dir", str(titled_ml1m), "--study-dir", str(study), "--device", "cpu",
-              "--rounds", "2", "--round-seconds", "0.2", "--batch-size", "16",
+              "--rounds", "2", "--round-batches", "2", "--batch-size", "16",
               "--set", "max_len=12", *TINY_DAREC]  # fmt: skip
     invoke(search_app, [*common, "--trials", "3"])
     first = json.loads((study / "trials.json").read_text())
