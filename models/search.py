@@ -8,7 +8,8 @@ serial or parallel bottleneck 16/32/64), trains DARec for ``rounds`` rounds of
 ``round-batches`` batches each on the protocol's training rows (a fixed amount of work, so
 trials compare fairly on a shared, noisy machine; ``--round-seconds`` caps a round's time too),
 and reports the validation NDCG@10 after each round; optuna's median pruner stops trials that
-fall below the median of earlier trials at the same round. The objective is the last round's validation NDCG@10.
+fall below the median of earlier trials at the same round. The objective is the last round's
+validation NDCG@10.
 
 The study lives in ``STUDY_DIR/study.db`` (SQLite), so an interrupted search resumes where it
 stopped: running the command again adds trials until ``--trials`` have finished. After every
