@@ -12,11 +12,11 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(VENV)/bin/python -m pip install --quiet torch==2.13.0
-	$(VENV)/bin/python -m pip install --quiet -e ".[dev]"
+	$(VENV)/bin/python -m pip install --quiet -e ".[dev,darec]"
 	touch $@
 
 .PHONY: install
-install: $(VENV)/.installed ## Create .venv and install shiftstream with its dev extra
+install: $(VENV)/.installed ## Create .venv and install shiftstream with its dev and darec extras
 
 .PHONY: test
 test: install ## Run the whole test suite (unit + integration on the embedded broker)
