@@ -49,7 +49,7 @@ from models.registry import register
 from models.sasrec import SASRec, SASRecConfig
 from models.state import State
 from models.text import item_texts, item_token_table, tokenizer_for
-from models.ttt4rec import WindowState, empty_window, window_push
+from models.ttt4rec import WindowState, empty_window, windowed_step
 
 BOS, USER = 0, 1  # sequence positions of [BOS] and <u>; item blocks start at 2
 PREFIX = 2
@@ -404,10 +404,7 @@ class DARec(SeqRecModel):
     def step(
         self, state: State, items: Tensor, times: Tensor, adapt: bool = True
     ) -> tuple[State, Tensor]:
-        if not isinstance(state, WindowState):
-            raise TypeError(f"DARec cannot step a {type(state).__name__}")
-        window = window_push(state, items, times)
-        return window, self.last_hidden(window.items, window.times, window.length)
+        return windowed_step(self, state, items, times)
 
 
 def _replace(prefix_user: Tensor, user_vectors: Tensor | None) -> Tensor:

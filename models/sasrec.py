@@ -19,11 +19,11 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from models.base import SeqRecConfig, SeqRecModel, last_positions
+from models.base import SeqRecConfig, SeqRecModel
 from models.layers import PostNormTransformerLayer, init_normal_
 from models.registry import register
 from models.state import State
-from models.ttt4rec import WindowState, empty_window, window_push
+from models.ttt4rec import WindowState, empty_window, windowed_step
 
 
 @dataclass
@@ -84,8 +84,4 @@ class SASRec(SeqRecModel):
     def step(
         self, state: State, items: Tensor, times: Tensor, adapt: bool = True
     ) -> tuple[State, Tensor]:
-        if not isinstance(state, WindowState):
-            raise TypeError(f"SASRec cannot step a {type(state).__name__}")
-        window = window_push(state, items, times)
-        hidden = last_positions(self.forward(window.items, window.times), window.length)  # [U, D]
-        return window, hidden
+        return windowed_step(self, state, items, times)

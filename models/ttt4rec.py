@@ -127,6 +127,17 @@ def empty_window(n_users: int, max_len: int, device: torch.device) -> WindowStat
     )
 
 
+def windowed_step(
+    model: SeqRecModel, state: State, items: Tensor, times: Tensor
+) -> tuple[WindowState, Tensor]:
+    """The step of a model that re-reads its window at every event (SASRec, DARec): push each
+    user's event, then read the window out at its last item -> (window, hidden [U, D])."""
+    if not isinstance(state, WindowState):
+        raise TypeError(f"{model.name} cannot step a {type(state).__name__}")
+    window = window_push(state, items, times)
+    return window, model.last_hidden(window.items, window.times, window.length)
+
+
 class TTTLayer(nn.Module):
     """TTT layer, "Transformer backbone" (separate Q/K/V, no gate, no conv)."""
 
