@@ -114,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="auto, cpu or cuda")
     parser.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument(
+        "--torch-threads", type=int, default=1, help="torch intra-op threads in the worker"
+    )
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--checkpoint-dir", type=Path, default=None, help="trained checkpoints")
     parser.add_argument(
@@ -147,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         device=args.device,
         dtype=args.dtype,
         batch_size=args.batch_size,
+        torch_threads=args.torch_threads,
         max_wait_ms=50.0,
         sink_flush_s=3600.0,
     )
@@ -209,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     passthrough_rate = results["passthrough:passthrough"]["events_per_s"]
     print(f"\n{args.dataset}: {log.events.height} events, {log.events['user'].n_unique()} users, "
           f"models {args.models}, device {args.device}, dtype {args.dtype}, "
-          f"batch {args.batch_size}, partitions {args.partitions}")  # fmt: skip
+          f"batch {args.batch_size}, partitions {args.partitions}, "
+          f"torch threads {args.torch_threads}")  # fmt: skip
     print(f"{'run:model':<40}{'events/s':>12}{'lat p50 ms':>14}{'lat p99 ms':>14}")
     for name, row in results.items():
         print(f"{name:<40}{row['events_per_s']:>12.1f}{row['latency_p50_ms']:>14.0f}"

@@ -4,7 +4,8 @@
 ``create_app`` is the factory. The agent takes micro-batches (``take_events``), hands the model
 work to a dedicated single-thread executor, then, in this order:
 
-1. sends the batch's prediction records and waits for the broker's acknowledgements;
+1. sends the batch's prediction records (one per event, every model's result in it) and waits
+   for the broker's acknowledgements;
 2. writes every touched user's snapshot (bytes) to the table, inside the current-event context
    of one of that user's events (faust-streaming #497 workaround, see ``write_in_event_context``);
 3. forwards end-of-stream markers (one per model) to ``predictions``.
@@ -38,7 +39,8 @@ from stream.records import (
     Prediction,
     PredictionEnd,
     encode_dead_letter,
-    encode_prediction,
+    encode_end,
+    encode_events,
     prediction_key,
 )
 from stream.settings import Settings
@@ -144,35 +146,33 @@ class EvaluationAgent:
         self.events += len(interactions)
         if self.core is None:
             predictions = [_passthrough(e, produced_ms, len(batch)) for e in interactions]
-            await self._send_all(predictions)
+            await self._send_all(encode_events(predictions))
         else:
             stored = {user: self.table.get(user_key(user)) for user in last_event_of}
             loop = asyncio.get_running_loop()
             output = await loop.run_in_executor(
                 self.executor, self.core.process, interactions, stored, produced_ms
             )
-            await self._send_all(output.predictions)
+            await self._send_all(output.records)
             for user, event in last_event_of.items():
                 key = user_key(user)
                 if key in output.blobs:
                     write_in_event_context(self.table, event, key, output.blobs[key])
         if ends:
-            await self._send_all(
-                [
-                    PredictionEnd(
-                        model, end.partition, end.partitions, end.total_events, end.partition_events
-                    )  # fmt: skip
-                    for end in ends
-                    for model in self.model_names
-                ]
-            )
+            markers = [
+                PredictionEnd(
+                    model, end.partition, end.partitions, end.total_events, end.partition_events
+                )  # fmt: skip
+                for end in ends
+                for model in self.model_names
+            ]
+            await self._send_all([(prediction_key(m), encode_end(m)) for m in markers])
 
-    async def _send_all(self, records: Sequence[Prediction | PredictionEnd]) -> None:
+    async def _send_all(self, records: Sequence[tuple[bytes, bytes]]) -> None:
         producer = self.app.producer
         topic = self.settings.predictions_topic
         pending = [
-            await producer.send(topic, prediction_key(r), encode_prediction(r), None, None, None)
-            for r in records
+            await producer.send(topic, key, value, None, None, None) for key, value in records
         ]
         if pending:
             await asyncio.gather(*pending)

@@ -1,11 +1,15 @@
 """Wire format of the ``predictions`` and dead-letter topics (compact, versioned JSON).
 
-A prediction record is one (event, model) result. The worker also forwards each input
-partition's end-of-stream marker to ``predictions``, once per model, so the sink knows when it
-has everything: ``PredictionEnd`` carries the replayer's counts.
+A prediction record carries one event's results for every model: the event's fields once, then
+one entry per model (``encode_predictions``). In memory and in Parquet the unit stays one
+``Prediction`` per (event, model); ``decode_predictions`` gives them back. The worker also
+forwards each input partition's end-of-stream marker to ``predictions``, once per model, so the
+sink knows when it has everything: ``PredictionEnd`` carries the replayer's counts.
 
 >>> p = Prediction(event_id=3, user=1, item=5, time=10.0, model="pop", rank=2, n_candidates=9)
->>> decode_prediction(encode_prediction(p)) == p
+>>> from dataclasses import replace
+>>> q = replace(p, model="sasrec", rank=None, oov_item=True)
+>>> decode_predictions(encode_predictions([p, q])) == [p, q]
 True
 >>> p.hits(10), round(p.ndcg(10), 4), p.rr
 (1, 0.6309, 0.5)
@@ -14,13 +18,16 @@ True
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from operator import attrgetter
 from typing import Any
 
 from replay.schema import load_json_object
 from stream.metrics import hit_at, ndcg_at, reciprocal_rank
 
-PREDICTION_VERSION = 1
+PREDICTION_VERSION = 2  # 2: one record per event, every model's result in it
 HIT_KS = (1, 5, 10, 20)
 NDCG_KS = (10, 20)
 
@@ -72,45 +79,80 @@ class PredictionEnd:
     partition_events: int
 
 
-_SHORT = {
+# the event's fields, shared by every model's result (the encoder checks that they agree)
+_EVENT = {
     "event_id": "id",
     "user": "u",
     "item": "i",
     "time": "t",
-    "model": "m",
-    "rank": "r",
     "n_candidates": "n",
     "cold_user": "cu",
     "cold_item": "ci",
     "seen_item": "si",
-    "oov_item": "oi",
-    "shift_score": "ss",
     "cohort": "c",
     "shifted": "s",
     "produced_ms": "pt",
     "predicted_ms": "wt",
     "batch_size": "b",
 }
-_LONG = {v: k for k, v in _SHORT.items()}
+# one entry per model
+_MODEL = {"model": "m", "rank": "r", "oov_item": "oi", "shift_score": "ss"}
+_EVENT_LONG = {v: k for k, v in _EVENT.items()}
+_MODEL_LONG = {v: k for k, v in _MODEL.items()}
 
 
-def encode_prediction(record: Prediction | PredictionEnd) -> bytes:
-    if isinstance(record, PredictionEnd):
-        payload: dict[str, Any] = {"v": PREDICTION_VERSION, "k": "eos", **asdict(record)}
-    else:
-        payload = {"v": PREDICTION_VERSION, "k": "pred"}
-        for name, short in _SHORT.items():
-            payload[short] = getattr(record, name)
-        # derived metrics travel too, so a plain consumer needs no code of ours
-        for k in HIT_KS:
-            payload[f"h{k}"] = record.hits(k)
-        for k in NDCG_KS:
-            payload[f"g{k}"] = record.ndcg(k)
-        payload["rr"] = record.rr
+def encode_predictions(records: Sequence[Prediction]) -> bytes:
+    """One event's predictions (every model's) as one record."""
+    if not records:
+        raise ValueError("no predictions to encode")
+    shared = _event_fields(records[0])
+    payload: dict[str, Any] = {"v": PREDICTION_VERSION, "k": "pred"}
+    payload.update(zip(_EVENT.values(), shared, strict=True))
+    entries = []
+    for record in records:
+        if _event_fields(record) != shared:
+            raise ValueError(f"predictions of different events in one record: {records}")
+        entry = dict(zip(_MODEL.values(), _model_fields(record), strict=True))
+        entry.update(_derived(record.rank))
+        entries.append(entry)
+    payload["ms"] = entries
     return json.dumps(payload, separators=(",", ":")).encode()
 
 
-def decode_prediction(data: bytes | None) -> Prediction | PredictionEnd:
+_event_fields = attrgetter(*_EVENT)
+_model_fields = attrgetter(*_MODEL)
+
+
+@lru_cache(maxsize=4096)
+def _derived(rank: int | None) -> dict[str, float]:
+    """The metrics that travel with a rank, so a plain consumer needs no code of ours (read-only:
+    shared between calls)."""
+    metrics: dict[str, float] = {f"h{k}": hit_at(rank, k) for k in HIT_KS}
+    metrics.update({f"g{k}": ndcg_at(rank, k) for k in NDCG_KS})
+    metrics["rr"] = reciprocal_rank(rank)
+    return metrics
+
+
+def encode_events(predictions: Sequence[Prediction]) -> list[tuple[bytes, bytes]]:
+    """(key, value) records, one per event: runs of one event id (as ``prequential_batch`` lists
+    them, event by event) become one record."""
+    records = []
+    start = 0
+    for end in range(1, len(predictions) + 1):
+        if end == len(predictions) or predictions[end].event_id != predictions[start].event_id:
+            group = predictions[start:end]
+            records.append((prediction_key(group), encode_predictions(group)))
+            start = end
+    return records
+
+
+def encode_end(record: PredictionEnd) -> bytes:
+    payload = {"v": PREDICTION_VERSION, "k": "eos", **asdict(record)}
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def decode_predictions(data: bytes | None) -> list[Prediction] | PredictionEnd:
+    """-> every model's ``Prediction`` of one event, or an end marker."""
     payload = load_json_object(data, MalformedPrediction)
     if payload.get("v") != PREDICTION_VERSION:
         raise MalformedPrediction(f"not a version-{PREDICTION_VERSION} prediction record")
@@ -120,18 +162,28 @@ def decode_prediction(data: bytes | None) -> Prediction | PredictionEnd:
         if kind == "eos":
             return PredictionEnd(**payload)
         if kind == "pred":
-            fields = {_LONG[k]: v for k, v in payload.items() if k in _LONG}
-            return Prediction(**fields)
-    except TypeError as error:
+            return _decode_event(payload)
+    except (TypeError, AttributeError) as error:
         raise MalformedPrediction(f"bad fields: {error}") from error
     raise MalformedPrediction(f"unknown kind {kind!r}")
 
 
-def prediction_key(record: Prediction | PredictionEnd) -> bytes:
-    """Records of one event share a key, so its models' records land together."""
+def _decode_event(payload: dict[str, Any]) -> list[Prediction]:
+    entries = payload.get("ms")
+    if not isinstance(entries, list) or not entries:
+        raise MalformedPrediction("a prediction record without model results")
+    shared = {_EVENT_LONG[k]: v for k, v in payload.items() if k in _EVENT_LONG}
+    return [
+        Prediction(**shared, **{_MODEL_LONG[k]: v for k, v in entry.items() if k in _MODEL_LONG})
+        for entry in entries
+    ]
+
+
+def prediction_key(record: Sequence[Prediction] | PredictionEnd) -> bytes:
+    """The event id (end markers: the input partition), so records of one event share a key."""
     if isinstance(record, PredictionEnd):
         return f"eos:{record.partition}".encode()
-    return str(record.event_id).encode()
+    return str(record[0].event_id).encode()
 
 
 def encode_dead_letter(

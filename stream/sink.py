@@ -1,8 +1,9 @@
 """The Parquet sink: ``predictions`` topic -> per-event and windowed Parquet files.
 
 Reads every partition of the predictions topic (group-less kafka-python consumer, from the
-start), drops duplicates by (event id, model) (at-least-once delivery and recomputation after a
-crash both produce them), and writes, each atomically (temporary file, then rename):
+start), splits each record (one per event) into its per-model predictions, drops duplicates by
+(event id, model) (at-least-once delivery and recomputation after a crash both produce them),
+and writes, each atomically (temporary file, then rename):
 
 - ``predictions.parquet``: one row per (event, model), ``stream.aggregate.PREDICTION_SCHEMA``;
 - ``windows.parquet``: one row per (model, event-time tumbling window) with cumulative and
@@ -35,7 +36,7 @@ from stream.records import (
     MalformedPrediction,
     Prediction,
     PredictionEnd,
-    decode_prediction,
+    decode_predictions,
 )
 
 log = logging.getLogger(__name__)
@@ -83,12 +84,16 @@ class SinkState:
 
     def add_value(self, value: bytes | None, written_ms: float | None) -> None:
         try:
-            record = decode_prediction(value)
+            record = decode_predictions(value)
         except MalformedPrediction as error:
             self.malformed += 1
             log.warning("malformed prediction record: %s", error)
             return
-        self.add(record, written_ms)
+        if isinstance(record, PredictionEnd):
+            self.add(record)
+            return
+        for prediction in record:
+            self.add(prediction, written_ms)
 
     def add(self, record: Prediction | PredictionEnd, written_ms: float | None = None) -> None:
         if isinstance(record, PredictionEnd):

@@ -2,7 +2,8 @@
 
 ``WorkerCore.process`` runs in the agent's dedicated executor thread: it decodes the stored user
 snapshots it does not hold yet, waits until the global view is complete through the batch,
-calls the pure ``prequential_batch`` and encodes the touched users' new snapshots.
+calls the pure ``prequential_batch`` and encodes the touched users' new snapshots and the
+prediction records (one per event), so the event loop only sends bytes.
 
 Decoded snapshots stay in ``WorkerCore`` (on the model device: on a GPU the users' states stay
 resident there) keyed by user, each with the exact bytes it was decoded from or encoded to. A
@@ -26,7 +27,7 @@ import torch
 from replay.schema import EndOfStream, Interaction, MalformedRecord, decode, user_key
 from stream.globalview import GlobalView
 from stream.prequential import ScoringOptions, prequential_batch
-from stream.records import Prediction
+from stream.records import Prediction, encode_events
 from stream.runners import ModelSpec, Runner, SeqRecRunner, load_runner, resolve_device
 from stream.settings import Settings
 from stream.userstate import UserSnapshot, decode_snapshot, encode_snapshot
@@ -42,6 +43,7 @@ class ViewTimeout(RuntimeError):
 class BatchOutput:
     blobs: dict[bytes, bytes]  # table key -> new snapshot bytes
     predictions: list[Prediction]
+    records: list[tuple[bytes, bytes]]  # (key, value) for ``predictions``, one per event
     redelivered: list[int] = field(default_factory=list)
     compute_s: float = 0.0
     wait_s: float = 0.0
@@ -128,6 +130,7 @@ class WorkerCore:
         return BatchOutput(
             blobs=blobs,
             predictions=result.predictions,
+            records=encode_events(result.predictions),
             redelivered=result.redelivered,
             compute_s=time.perf_counter() - started - waited,
             wait_s=waited,

@@ -3,7 +3,9 @@ and read back with polars."""
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import polars as pl
@@ -11,7 +13,14 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from stream.aggregate import PREDICTION_SCHEMA, WINDOW_SCHEMA, prediction_rows
-from stream.records import Prediction, PredictionEnd, encode_prediction
+from stream.records import (
+    MalformedPrediction,
+    Prediction,
+    PredictionEnd,
+    decode_predictions,
+    encode_events,
+    encode_predictions,
+)
 from stream.sink import (
     PREDICTIONS_FILE,
     WINDOWS_FILE,
@@ -29,14 +38,51 @@ def _prediction(event_id: int, model: str, rank: int | None = 3) -> Prediction:
     )  # fmt: skip
 
 
+def test_one_record_per_event_carries_every_model_and_decodes_back() -> None:
+    predictions = [
+        _prediction(0, "pop"),
+        replace(_prediction(0, "sasrec", rank=None), oov_item=True, shift_score=0.25),
+        _prediction(0, "ttt4rec", rank=12),
+        _prediction(1, "pop", rank=1),
+    ]
+    records = encode_events(predictions)
+    assert [key for key, _ in records] == [b"0", b"1"]
+    assert decode_predictions(records[0][1]) == predictions[:3]
+    assert decode_predictions(records[1][1]) == predictions[3:]
+    payload = json.loads(records[0][1])
+    assert [entry["m"] for entry in payload["ms"]] == ["pop", "sasrec", "ttt4rec"]
+    assert payload["ms"][0]["h5"] == 1 and payload["ms"][1]["h20"] == 0  # metrics travel too
+
+
+def test_event_fields_must_agree_within_a_record() -> None:
+    with pytest.raises(ValueError, match="different events"):
+        encode_predictions([_prediction(0, "pop"), replace(_prediction(0, "a"), n_candidates=3)])
+    with pytest.raises(ValueError, match="different events"):
+        encode_predictions([_prediction(0, "pop"), _prediction(1, "pop")])
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b'{"v":1,"k":"pred","id":0,"u":0,"i":7,"t":1.0,"m":"pop","r":1,"n":3}',  # version 1
+        b'{"v":2,"k":"pred","id":0,"u":0,"i":7,"t":1.0,"n":3,"ms":[]}',
+        b'{"v":2,"k":"pred","id":0,"u":0,"i":7,"t":1.0,"n":3,"ms":[7]}',
+        b'{"v":2,"k":"pred","id":0,"u":0,"t":1.0,"n":3,"ms":[{"m":"pop","r":1}]}',
+    ],
+)
+def test_malformed_prediction_records_are_rejected(value: bytes) -> None:
+    with pytest.raises(MalformedPrediction):
+        decode_predictions(value)
+
+
 def test_duplicates_are_dropped_by_event_and_model(tmp_path: Path) -> None:
     state = SinkState()
     for event_id in range(4):
-        for model in ("pop", "sasrec"):
-            state.add_value(encode_prediction(_prediction(event_id, model)), written_ms=9.0)
+        both = [_prediction(event_id, "pop"), _prediction(event_id, "sasrec")]
+        state.add_value(encode_predictions(both), written_ms=9.0)
     # redelivery: the same records again (possibly recomputed), and garbage
     for event_id in (1, 3):
-        state.add_value(encode_prediction(_prediction(event_id, "sasrec", rank=99)), 50.0)
+        state.add_value(encode_predictions([_prediction(event_id, "sasrec", rank=99)]), 50.0)
     state.add_value(b"{broken", 1.0)
     assert state.duplicates == 2 and state.malformed == 1
     frame = state.frame()
