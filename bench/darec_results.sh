@@ -3,7 +3,7 @@
 # every model trained and evaluated at the same budget, two jobs at a time, one torch thread each.
 # Run from anywhere: bash bench/darec_results.sh  (needs the darec extra; ~80 min on 2 cores)
 set -u
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 DATA=../shared/data/ml-1m-subset
 OUT=runs/darec
