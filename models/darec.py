@@ -34,7 +34,7 @@ W backbone width, D model width, I catalogue size, N distinct items.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import polars as pl
@@ -391,10 +391,6 @@ class DARec(SeqRecModel):
         cf_user = F.normalize(cf_hidden.gather(1, cf_last).squeeze(1), dim=-1)
         align = (lm_user - cf_user).pow(2).sum(-1).mean()
         return loss + config.cf_weight * cf_loss + config.align_weight * align
-
-    def trainable_summary(self) -> dict[str, Any]:
-        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
-        return {"trainable": trainable, "total": sum(p.numel() for p in self.parameters())}
 
     # ----- streaming --------------------------------------------------------------------------
 
