@@ -109,3 +109,19 @@ def test_pretraining_layout_keeps_titles_for_darec(titled_ml1m: Path, tmp_path: 
     assert copy.items is not None and log.items is not None
     assert copy.items.equals(log.items)
     assert copy.events.select("user", "item").equals(log.events.select("user", "item"))
+
+
+def test_gaussian_process_sampler_proposes_after_the_start_up_trials(
+    titled_ml1m: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("optuna")
+    study = tmp_path / "gp"
+    invoke(
+        search_app,
+        ["--data-dir", str(titled_ml1m), "--study-dir", str(study), "--device", "cpu",
+         "--rounds", "1", "--round-batches", "1", "--batch-size", "16", "--sampler", "gp",
+         "--trials", "5", "--set", "max_len=12", *TINY_DAREC],
+    )  # fmt: skip
+    rows = json.loads((study / "trials.json").read_text())
+    assert len(rows) == 5  # the fifth comes from the fitted Gaussian process, not at random
+    assert all(len(row["adapters"].split(",")) == 6 for row in rows)
