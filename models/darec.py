@@ -165,7 +165,7 @@ class DARec(SeqRecModel):
         real = tokens != 0
         sentence = torch.where(tokens == self.tokenizer.open_id, self.tokenizer.bos_id, tokens)
         sentence = torch.where(sentence == self.tokenizer.close_id, self.tokenizer.eos_id, sentence)
-        # Right-align nothing: move each row's real tokens to the front (positions from 0).
+        # Real tokens first (stable sort), so positions count from 0 as the encoder was trained.
         order = torch.argsort((~real).to(torch.int8), dim=1, stable=True)
         sentence = sentence.gather(1, order)
         self.item_text_features.copy_(self.encoder.sentence_embeddings(sentence))
@@ -191,26 +191,31 @@ class DARec(SeqRecModel):
         vectors = torch.where(opening, self.delimiters[0], vectors)
         return torch.where(closing, self.delimiters[1], vectors)
 
-    def _prefix_vectors(self, rows: int) -> Tensor:
-        """[BOS] and the learned <u> as input vectors: [rows, 2, W]."""
+    def _embed_sequences(self, items: Tensor) -> Tensor:
+        """Rows of items [R, k] -> the embedded ``[BOS] <u> block_1 … block_k``: [R, 2+k·T, W].
+        Positions count within each item (2, 3, … over its real tokens; pads get 0)."""
+        blocks = self.item_tokens[items]  # [R, k, T]
+        rows = blocks.shape[0]
         bos = self.encoder.word_embedding.weight[self.tokenizer.bos_id]
-        return torch.stack((bos, self.user_slot)).expand(rows, -1, -1)
-
-    def _block_positions(self, blocks: Tensor) -> Tensor:
-        """Positions within each item: 2, 3, ... over the block's real tokens (pads get 0)."""
+        prefix = torch.stack((bos, self.user_slot)).expand(rows, -1, -1)  # [R, 2, W]
+        vectors = torch.cat((prefix, self._token_vectors(blocks).flatten(1, 2)), dim=1)
         real = blocks != 0
-        return torch.where(real, real.long().cumsum(-1) + PREFIX - 1, 0)
+        block_positions = torch.where(real, real.long().cumsum(-1) + PREFIX - 1, 0)
+        prefix_positions = torch.arange(PREFIX, device=blocks.device).expand(rows, -1)
+        positions = torch.cat((prefix_positions, block_positions.flatten(1)), dim=1)
+        return self.encoder.embed(vectors, positions)
+
+    def _real_tokens(self, items: Tensor) -> Tensor:
+        """Rows of items [R, k] -> which of the 2 + k·T tokens are real (not padding): [R, S]."""
+        blocks = self.item_tokens[items].flatten(1)  # [R, k·T]
+        prefix = torch.ones_like(blocks[:, :PREFIX], dtype=torch.bool)
+        return torch.cat((prefix, blocks != 0), dim=1)
 
     def _lower_item_states(self, items: Tensor) -> tuple[Tensor, Tensor]:
         """Masked-layer states of each item alone. items [N] -> ([N, T, W], prefix [2, W])."""
-        blocks = self.item_tokens[items]  # [N, T]
-        rows = blocks.shape[0]
-        vectors = torch.cat((self._prefix_vectors(rows), self._token_vectors(blocks)), dim=1)
-        prefix_positions = torch.arange(PREFIX, device=blocks.device).expand(rows, -1)
-        positions = torch.cat((prefix_positions, self._block_positions(blocks)), dim=1)
-        real = torch.cat((torch.ones_like(prefix_positions, dtype=torch.bool), blocks != 0), dim=1)
-        x = self.encoder.embed(vectors, positions)  # [N, 2+T, W]
-        allowed = causal_mask(real)
+        alone = items.unsqueeze(1)  # [N, 1]: a one-item sequence per item
+        x = self._embed_sequences(alone)  # [N, 2+T, W]
+        allowed = causal_mask(self._real_tokens(alone))
         for layer in self.encoder.layers[: self.config.masked_layers]:
             x = layer(x, allowed)
         return x[:, PREFIX:], x[0, :PREFIX]
@@ -234,15 +239,14 @@ class DARec(SeqRecModel):
 
     def layer_masks(self, lm_items: Tensor) -> list[Tensor]:
         """The attention mask of every layer for rows of LM items [B, n]: [B, S, S] each."""
-        blocks = self.item_tokens[lm_items].flatten(1)  # [B, n·T]
-        real = torch.cat((torch.ones_like(blocks[:, :PREFIX], dtype=torch.bool), blocks != 0), 1)
+        real = self._real_tokens(lm_items)
         causal = causal_mask(real)
-        masked = block_causal_mask(self.config.lm_items, self.config.tokens_per_item, real)
-        lower = masked if self.config.context_masking else causal
-        n_layers = len(self.encoder.layers)
-        return [lower] * self.config.masked_layers + [causal] * (
-            n_layers - self.config.masked_layers
-        )
+        lower = self._lower_mask(real) if self.config.context_masking else causal
+        n_upper = len(self.encoder.layers) - self.config.masked_layers
+        return [lower] * self.config.masked_layers + [causal] * n_upper
+
+    def _lower_mask(self, real: Tensor) -> Tensor:
+        return block_causal_mask(self.config.lm_items, self.config.tokens_per_item, real)
 
     # ----- encoding ---------------------------------------------------------------------------
 
@@ -253,8 +257,8 @@ class DARec(SeqRecModel):
         otherwise every layer runs on the whole sequence with ``layer_masks``."""
         config = self.config
         batch, n = lm_items.shape
-        blocks = self.item_tokens[lm_items]  # [B, n, T]
-        masks = self.layer_masks(lm_items)
+        real = self._real_tokens(lm_items)
+        causal = causal_mask(real)
         if cached:
             if not config.context_masking:
                 raise ValueError("the per-item cache needs context masking")
@@ -267,25 +271,15 @@ class DARec(SeqRecModel):
                 item_states = states[lm_items]
             x = torch.cat((prefix.expand(batch, -1, -1), item_states.flatten(1, 2)), dim=1)
         else:
-            vectors = torch.cat(
-                (self._prefix_vectors(batch), self._token_vectors(blocks).flatten(1, 2)), 1
-            )
-            prefix_positions = torch.arange(PREFIX, device=lm_items.device).expand(batch, -1)
-            positions = torch.cat((prefix_positions, self._block_positions(blocks).flatten(1)), 1)
-            x = self.encoder.embed(vectors, positions)
-            for layer, allowed in zip(
-                self.encoder.layers[: config.masked_layers], masks, strict=False
-            ):
-                x = layer(x, allowed)
+            x = self._embed_sequences(lm_items)
+            lower = self._lower_mask(real) if config.context_masking else causal
+            for layer in self.encoder.layers[: config.masked_layers]:
+                x = layer(x, lower)
         order = self.item_order.weight.repeat_interleave(config.tokens_per_item, dim=0)  # [n·T, W]
-        x = torch.cat(
-            (x[:, :USER], _replace(x[:, USER], user_vectors).unsqueeze(1), x[:, PREFIX:] + order), 1
-        )
-        upper = zip(
-            self.encoder.layers[config.masked_layers :], masks[config.masked_layers :], strict=True
-        )
-        for layer, allowed in upper:
-            x = layer(x, allowed)
+        user = x[:, USER] if user_vectors is None else user_vectors  # the soft user token
+        x = torch.cat((x[:, :USER], user.unsqueeze(1), x[:, PREFIX:] + order), dim=1)
+        for layer in self.encoder.layers[config.masked_layers :]:
+            x = layer(x, causal)
         closing = PREFIX + config.tokens_per_item * torch.arange(1, n + 1, device=x.device) - 1
         return x[:, closing]  # [B, n, W]
 
@@ -401,11 +395,6 @@ class DARec(SeqRecModel):
         self, state: State, items: Tensor, times: Tensor, adapt: bool = True
     ) -> tuple[State, Tensor]:
         return windowed_step(self, state, items, times)
-
-
-def _replace(prefix_user: Tensor, user_vectors: Tensor | None) -> Tensor:
-    """<u>'s state at the boundary: the soft user token when there is one."""
-    return prefix_user if user_vectors is None else user_vectors
 
 
 def causal_mask(real: Tensor) -> Tensor:
