@@ -30,6 +30,8 @@ from typing import Any, cast
 
 import faust
 from faust.streams import Stream, _current_event
+from faust.tables import TableManager
+from faust.tables.recovery import Recovery
 from faust.types import EventT
 
 from replay.schema import EndOfStream, Interaction, MalformedRecord, decode, user_key
@@ -64,6 +66,37 @@ def write_in_event_context(table: Any, event: EventT, key: bytes, value: bytes) 
         table[key] = value
     finally:
         _current_event.reset(token)
+
+
+class SeekBeforeFetchRecovery(Recovery):
+    """Faust's recovery, except that no stream record is fetched before the seek to committed.
+
+    After reading the changelogs, ``Recovery.on_recovery_completed`` resumes the stream
+    partitions while the fetch loop is running, then awaits the seek to the committed offsets,
+    then resumes flow control, which clears the stream queues. Records fetched from the old
+    position in between reach the queue, advance the consumer's read offsets and are cleared;
+    the same offsets fetched again after the seek fall below the read offset and are dropped,
+    and the jump is booked as an acknowledged gap, so the commit skips them (faust-streaming
+    #216, seen here as a restarted worker that never predicted ~70 events per partition).
+    Stopping the consumer's flow first holds every fetch until the seek is done; the base
+    method's ``resume_flow`` restarts it.
+    """
+
+    async def on_recovery_completed(self, generation_id: int = 0) -> None:
+        self.app.consumer.stop_flow()
+        await super().on_recovery_completed(generation_id)
+
+
+class SeekBeforeFetchTableManager(TableManager):
+    """Faust's table manager with ``SeekBeforeFetchRecovery``."""
+
+    @property
+    def recovery(self) -> Recovery:
+        if self._recovery is None:
+            self._recovery = SeekBeforeFetchRecovery(
+                self.app, self, beacon=self.beacon, loop=self.loop
+            )
+        return self._recovery
 
 
 def existing_partitions(bootstrap: str, topic: str, timeout_s: float = 5.0) -> int | None:
@@ -232,6 +265,7 @@ def create_app(settings: Settings) -> faust.App:
         broker_commit_interval=1.0,
         stream_buffer_maxsize=4_096,
         web_enabled=False,
+        TableManager=SeekBeforeFetchTableManager,
         key_serializer="raw",
         value_serializer="raw",
     )

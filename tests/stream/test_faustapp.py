@@ -1,6 +1,7 @@
-"""Pins the faust-streaming behaviour the worker relies on: inside ``take_events`` batches there
-is no current event, so a plain table write fails (faust-streaming #497); writing through
-``write_in_event_context`` works."""
+"""Pins the faust-streaming behaviour the worker relies on or works around: inside
+``take_events`` batches there is no current event, so a plain table write fails
+(faust-streaming #497) and ``write_in_event_context`` works; the worker's recovery seeks the
+stream partitions before any of their records is fetched (faust-streaming #216)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,13 @@ from typing import cast
 import faust
 import pytest
 from faust.streams import Stream
+from faust.types import TP
 
-from stream.faustapp import write_in_event_context
+from stream.faustapp import (
+    SeekBeforeFetchRecovery,
+    SeekBeforeFetchTableManager,
+    write_in_event_context,
+)
 
 
 @pytest.fixture
@@ -47,3 +53,56 @@ async def test_table_writes_in_take_events_need_the_event_context(app: faust.App
             await agent.put(b"x", key=key, partition=i % 4)
     assert failures and "outside of stream iteration" in failures[0]
     assert {k: table[k] for k in (b"a", b"b", b"c")} == {b"a": b"4", b"b": b"2", b"c": b"2"}
+
+
+class RecordingConsumer:
+    """Records the order of the calls ``Recovery.on_recovery_completed`` makes, and whether the
+    consumer's flow (its fetch loop) was running at each."""
+
+    def __init__(self, assignment: set[TP]) -> None:
+        self._assignment = assignment
+        self.flow_active = True
+        self.calls: list[tuple[str, bool]] = []
+
+    def assignment(self) -> set[TP]:
+        return self._assignment
+
+    def stop_flow(self) -> None:
+        self.flow_active = False
+
+    def resume_flow(self) -> None:
+        self.calls.append(("resume_flow", self.flow_active))
+        self.flow_active = True
+
+    def resume_partitions(self, tps: set[TP]) -> None:
+        self.calls.append(("resume_partitions", self.flow_active))
+
+    async def perform_seek(self) -> None:
+        self.calls.append(("perform_seek", self.flow_active))
+
+    async def maybe_start(self) -> None:  # the app's fetcher: records fetched from here on
+        self.calls.append(("fetcher.maybe_start", self.flow_active))
+
+
+async def test_recovery_fetches_no_stream_record_before_the_seek_to_committed() -> None:
+    """faust-streaming #216: with the flow running, records fetched between resuming the stream
+    partitions and the seek are dropped and their offsets committed (a restarted worker lost
+    ~70 events per partition). The worker's recovery stops the flow first."""
+    app = faust.App("recovery-test", store="memory://", web_enabled=False,
+                    TableManager=SeekBeforeFetchTableManager)  # fmt: skip
+    app.finalize()
+    recovery = cast(SeekBeforeFetchTableManager, app.tables).recovery
+    assert isinstance(recovery, SeekBeforeFetchRecovery)
+    consumer = RecordingConsumer({TP("interactions", 0), TP("interactions", 1)})
+    app._consumer = consumer  # type: ignore[assignment]
+    app.__dict__["_fetcher"] = consumer  # a cached property
+
+    await recovery.on_recovery_completed(app.consumer_generation_id)
+
+    assert consumer.calls == [
+        ("resume_partitions", False),
+        ("perform_seek", False),
+        ("resume_flow", False),
+        ("fetcher.maybe_start", True),
+    ]
+    assert consumer.flow_active
