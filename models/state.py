@@ -15,6 +15,7 @@ then the raw little-endian tensor bytes.
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
 from dataclasses import dataclass, fields
@@ -79,30 +80,39 @@ class State:
 
 def encode_state(state: State, model: str, checkpoint: str) -> bytes:
     """Serialise ``state`` (any number of users) to bytes; see the module docstring."""
+    tensors = state.tensors()
+    blobs = [_tensor_bytes(tensor) for tensor in tensors.values()]
+    layout = tuple(
+        (name, str(tensor.dtype).removeprefix("torch."), tuple(tensor.shape), len(blob))
+        for (name, tensor), blob in zip(tensors.items(), blobs, strict=True)
+    )
+    return _state_preamble(model, type(state).__name__, checkpoint, layout) + b"".join(blobs)
+
+
+FieldLayout = tuple[str, str, tuple[int, ...], int]  # name, dtype, shape, nbytes
+
+
+@functools.lru_cache(maxsize=1024)
+def _state_preamble(
+    model: str, state_type: str, checkpoint: str, layout: tuple[FieldLayout, ...]
+) -> bytes:
+    """Prefix and JSON header of ``encode_state``. A streaming worker encodes the same layout
+    (one user of one model) for every touched user of every batch, so it is built once."""
     entries: list[dict[str, Any]] = []
-    blobs: list[bytes] = []
     offset = 0
-    for name, tensor in state.tensors().items():
-        blob = _tensor_bytes(tensor)
+    for name, dtype, shape, nbytes in layout:
         entries.append(
-            {
-                "name": name,
-                "dtype": str(tensor.dtype).removeprefix("torch."),
-                "shape": list(tensor.shape),
-                "offset": offset,
-                "nbytes": len(blob),
-            }
+            {"name": name, "dtype": dtype, "shape": list(shape), "offset": offset, "nbytes": nbytes}
         )
-        blobs.append(blob)
-        offset += len(blob)
+        offset += nbytes
     header = {
         "format": STATE_FORMAT_VERSION,
         "model": model,
-        "state_type": type(state).__name__,
+        "state_type": state_type,
         "checkpoint": checkpoint,
         "fields": entries,
     }
-    return frame_bytes(STATE_MAGIC, STATE_FORMAT_VERSION, header, blobs)
+    return frame_bytes(STATE_MAGIC, STATE_FORMAT_VERSION, header, [])
 
 
 def read_state_header(data: bytes) -> dict[str, Any]:
