@@ -90,6 +90,8 @@ def test_kill_minus_nine_mid_stream_then_restart_gives_identical_results(
         before_replay=kill_and_restart,
     )
     assert killed_at and killed_at[0] < total, "the worker was not killed mid-stream"
+    for worker_log in (tmp_path / "b4" / "workers").glob("*.log"):
+        assert "never reached the agent" not in worker_log.read_text(errors="replace")
     assert result.state.complete()
     offline, offline_states = _offline(log, settings)
     streamed = pl.read_parquet(tmp_path / "b4" / PREDICTIONS_FILE).sort(["model", "event_id"])

@@ -14,6 +14,7 @@ from faust.streams import Stream
 from faust.types import TP
 
 from stream.faustapp import (
+    OffsetGaps,
     SeekBeforeFetchRecovery,
     SeekBeforeFetchTableManager,
     write_in_event_context,
@@ -106,3 +107,15 @@ async def test_recovery_fetches_no_stream_record_before_the_seek_to_committed() 
         ("fetcher.maybe_start", True),
     ]
     assert consumer.flow_active
+
+
+def test_offset_gaps_counts_offsets_skipped_within_a_generation() -> None:
+    gaps = OffsetGaps()
+    assert [gaps.observe("in", 0, 1, offset) for offset in (5, 6, 7)] == [0, 0, 0]
+    assert gaps.observe("in", 1, 1, 40) == 0  # partitions are tracked apart
+    assert gaps.observe("in", 0, 1, 10) == 2  # 8 and 9 never arrived
+    assert gaps.observe("in", 0, 1, 9) == 0  # a seek back within the generation: re-read
+    assert gaps.observe("in", 0, 1, 11) == 0  # expected next is still 11
+    assert gaps.observe("in", 0, 2, 30) == 0  # a new generation starts at its committed offset
+    assert gaps.observe("in", 0, 2, 32) == 1
+    assert gaps.missing == 3
