@@ -30,7 +30,7 @@ def test_thousand_keyed_records_round_trip_through_a_consumer_group(
     admin.close()
 
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
-    sent = {f"user-{i % 37}".encode(): [] for i in range(N_RECORDS)}
+    sent: dict[bytes, list[int]] = {f"user-{i % 37}".encode(): [] for i in range(N_RECORDS)}
     for i in range(N_RECORDS):
         key = f"user-{i % 37}".encode()
         producer.send(topic, key=key, value=str(i).encode())
