@@ -44,12 +44,11 @@ from torch import Tensor, nn
 
 from models.adapters import parse_layer_adapters
 from models.backbone import BACKBONES, build_encoder
-from models.base import PADDING_ITEM, SeqRecConfig, SeqRecModel
+from models.base import PADDING_ITEM, SeqRecConfig
 from models.registry import register
 from models.sasrec import SASRec, SASRecConfig
-from models.state import State
 from models.text import item_texts, item_token_table, tokenizer_for
-from models.ttt4rec import WindowState, empty_window, windowed_step
+from models.ttt4rec import WindowModel
 
 BOS, USER = 0, 1  # sequence positions of [BOS] and <u>; item blocks start at 2
 PREFIX = 2
@@ -88,9 +87,8 @@ class DARecConfig(SeqRecConfig):
 
 
 @register(DARecConfig)
-class DARec(SeqRecModel):
+class DARec(WindowModel):
     name: ClassVar[str] = "darec"
-    state_type: type[State] = WindowState
     config: DARecConfig
     item_tokens: Tensor  # [I, T] buffer: every item's token block
     item_text_features: Tensor  # [I, W] buffer: frozen sentence embedding of each item's text
@@ -385,16 +383,6 @@ class DARec(SeqRecModel):
         cf_user = F.normalize(cf_hidden.gather(1, cf_last).squeeze(1), dim=-1)
         align = (lm_user - cf_user).pow(2).sum(-1).mean()
         return loss + config.cf_weight * cf_loss + config.align_weight * align
-
-    # ----- streaming --------------------------------------------------------------------------
-
-    def init_state(self, n_users: int) -> State:
-        return empty_window(n_users, self.config.max_len, self.device)
-
-    def step(
-        self, state: State, items: Tensor, times: Tensor, adapt: bool = True
-    ) -> tuple[State, Tensor]:
-        return windowed_step(self, state, items, times)
 
 
 def causal_mask(real: Tensor) -> Tensor:

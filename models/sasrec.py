@@ -19,11 +19,10 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from models.base import SeqRecConfig, SeqRecModel
+from models.base import SeqRecConfig
 from models.layers import PostNormTransformerLayer, init_normal_
 from models.registry import register
-from models.state import State
-from models.ttt4rec import WindowState, empty_window, windowed_step
+from models.ttt4rec import WindowModel
 
 
 @dataclass
@@ -41,9 +40,8 @@ class SASRecConfig(SeqRecConfig):
 
 
 @register(SASRecConfig)
-class SASRec(SeqRecModel):
+class SASRec(WindowModel):
     name: ClassVar[str] = "sasrec"
-    state_type: type[State] = WindowState
 
     def __init__(self, config: SASRecConfig) -> None:
         super().__init__()
@@ -77,11 +75,3 @@ class SASRec(SeqRecModel):
         for layer in self.layers:
             x = layer(x)
         return x  # [B, L, D]
-
-    def init_state(self, n_users: int) -> State:
-        return empty_window(n_users, self.config.max_len, self.device)
-
-    def step(
-        self, state: State, items: Tensor, times: Tensor, adapt: bool = True
-    ) -> tuple[State, Tensor]:
-        return windowed_step(self, state, items, times)

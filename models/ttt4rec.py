@@ -127,15 +127,23 @@ def empty_window(n_users: int, max_len: int, device: torch.device) -> WindowStat
     )
 
 
-def windowed_step(
-    model: SeqRecModel, state: State, items: Tensor, times: Tensor
-) -> tuple[WindowState, Tensor]:
-    """The step of a model that re-reads its window at every event (SASRec, DARec): push each
-    user's event, then read the window out at its last item -> (window, hidden [U, D])."""
-    if not isinstance(state, WindowState):
-        raise TypeError(f"{model.name} cannot step a {type(state).__name__}")
-    window = window_push(state, items, times)
-    return window, model.last_hidden(window.items, window.times, window.length)
+class WindowModel(SeqRecModel):
+    """A model that re-reads its window at every event (SASRec, DARec): its per-user state is
+    the last ``max_len`` items, and a step pushes each user's event, then reads the window out
+    at its last item. It does not adapt: ``adapt`` has no effect."""
+
+    state_type: type[State] = WindowState
+
+    def init_state(self, n_users: int) -> State:
+        return empty_window(n_users, self.config.max_len, self.device)
+
+    def step(
+        self, state: State, items: Tensor, times: Tensor, adapt: bool = True
+    ) -> tuple[State, Tensor]:
+        if not isinstance(state, WindowState):
+            raise TypeError(f"{self.name} cannot step a {type(state).__name__}")
+        window = window_push(state, items, times)
+        return window, self.last_hidden(window.items, window.times, window.length)
 
 
 class TTTLayer(nn.Module):
