@@ -6,10 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 import pytest
-from typer.testing import CliRunner
+from model_fixtures import invoke, write_drifting_ml1m
 
 from models.checkpoint import load_checkpoint
 from models.darec import DARec
@@ -18,9 +17,7 @@ from models.search import app as search_app
 from models.text import item_texts, item_token_table
 from models.train import app as train_app
 
-runner = CliRunner()
 pytestmark = pytest.mark.slow
-GENRES = ["Action", "Comedy", "Drama", "Horror"]
 TINY_DAREC = ["--set", "backbone=tiny", "--set", "d_model=16", "--set", "lm_items=4"]
 
 
@@ -28,26 +25,7 @@ TINY_DAREC = ["--set", "backbone=tiny", "--set", "d_model=16", "--set", "lm_item
 def titled_ml1m(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """12 users x 20 ratings over 30 titled movies, users drifting through the catalogue."""
     folder = tmp_path_factory.mktemp("ml1m-titled")
-    rng = np.random.default_rng(1)
-    ratings = []
-    for user in range(1, 13):
-        start = 978_300_000 + user * 1000
-        for t in range(20):
-            item = 1 + (user * 2 + t + int(rng.integers(0, 3))) % 30
-            ratings.append(f"{user}::{item}::{int(rng.integers(1, 6))}::{start + t * 60}")
-    movies = [
-        f"{item}::Movie number {item} ({1960 + item})::{GENRES[item % 4]}|{GENRES[(item + 1) % 4]}"
-        for item in range(1, 31)
-    ]
-    (folder / "ratings.dat").write_text("\n".join(ratings) + "\n")
-    (folder / "movies.dat").write_text("\n".join(movies) + "\n", encoding="latin-1")
-    return folder
-
-
-def invoke(app, args: list[str]) -> str:  # type: ignore[no-untyped-def]
-    result = runner.invoke(app, args)
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    return result.output
+    return write_drifting_ml1m(folder, 12, 20, 30, stride=2, seed=1, titled=True)
 
 
 def test_train_and_evaluate_darec_reads_titles(titled_ml1m: Path, tmp_path: Path) -> None:

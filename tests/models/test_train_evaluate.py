@@ -6,18 +6,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import safetensors
 import torch
-from typer.testing import CliRunner
+from model_fixtures import invoke, runner, write_drifting_ml1m
 
 from models.checkpoint import load_checkpoint
 from models.evaluate import app as evaluate_app
 from models.train import app as train_app
 from models.ttt4rec import TTTMLPState
 
-runner = CliRunner()
 pytestmark = pytest.mark.slow
 
 
@@ -25,23 +23,13 @@ pytestmark = pytest.mark.slow
 def tiny_ml1m(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """15 users x 24 ratings over 40 movies, users drifting through the catalogue."""
     folder = tmp_path_factory.mktemp("ml1m-tiny")
-    rng = np.random.default_rng(0)
-    lines = []
-    for user in range(1, 16):
-        start = 978_300_000 + user * 1000
-        for t in range(24):
-            item = 1 + (user * 3 + t + int(rng.integers(0, 3))) % 40
-            lines.append(f"{user}::{item}::{int(rng.integers(1, 6))}::{start + t * 60}")
-    (folder / "ratings.dat").write_text("\n".join(lines) + "\n")
-    return folder
+    return write_drifting_ml1m(folder, 15, 24, 40, stride=3, seed=0, titled=False)
 
 
 def train(data: Path, out: Path, *extra: str) -> str:
     args = ["--data-dir", str(data), "--out", str(out), "--device", "cpu", "--quiet"]
     args += ["--batch-size", "32", "--max-len", "12", "--set", "d_model=16", *extra]
-    result = runner.invoke(train_app, args)
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    return result.output
+    return invoke(train_app, args)
 
 
 def resume_tensors(out: Path) -> dict[str, torch.Tensor]:
