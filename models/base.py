@@ -54,6 +54,12 @@ class SeqRecModel(nn.Module, ABC):
     def forward(self, items: Tensor, times: Tensor) -> Tensor:
         """items [B, L] (right-padded with 0), times [B, L] seconds -> hidden [B, L, D]."""
 
+    def hidden_at(self, items: Tensor, times: Tensor, rows: Tensor, positions: Tensor) -> Tensor:
+        """``self(items, times)[rows, positions]`` ([N, D]): the outputs at N chosen (row,
+        position) pairs. This is the reference; models override it to compute only what those
+        outputs need (streaming reads one position of each window)."""
+        return self(items, times)[rows, positions]
+
     def score(self, hidden: Tensor) -> Tensor:
         """Full-catalogue scores through the tied item embedding; padding gets -inf."""
         scores = hidden @ self.item_embedding.weight.T  # [..., I]

@@ -63,6 +63,21 @@ class CausalSelfAttention(nn.Module):
         context = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
         return self.out(context.transpose(1, 2).reshape(batch, length, width))  # [B, L, D]
 
+    def forward_at(self, x: Tensor, rows: Tensor, positions: Tensor) -> Tensor:
+        """``forward(x)[rows, positions]`` ([N, D]) with queries only at those positions."""
+        batch, length, width = x.shape
+        head_width = width // self.n_heads
+        heads = (batch, length, self.n_heads, head_width)
+        q = self.query(x[rows, positions]).view(-1, self.n_heads, 1, head_width)  # [N, H, 1, Dh]
+        k = self.key(x).view(heads).transpose(1, 2)[rows]  # [N, H, L, Dh]
+        v = self.value(x).view(heads).transpose(1, 2)[rows]  # [N, H, L, Dh]
+        visible = torch.arange(length, device=x.device) <= positions.unsqueeze(1)  # [N, L]
+        dropout = self.attn_dropout if self.training else 0.0
+        context = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=visible[:, None, None, :], dropout_p=dropout
+        )  # [N, H, 1, Dh]
+        return self.out(context.reshape(-1, width))  # [N, D]
+
 
 class PostNormTransformerLayer(nn.Module):
     """RecBole ``TransformerLayer``: attention -> dropout -> LN(x + .) -> FFN -> LN(x + .)."""
@@ -82,6 +97,13 @@ class PostNormTransformerLayer(nn.Module):
         x = self.attn_norm(x + self.dropout(self.attention(x)))  # [B, L, D]
         ffn = self.ffn_out(F.gelu(self.ffn_in(x)))  # [B, L, D]
         return self.ffn_norm(x + self.dropout(ffn))  # [B, L, D]
+
+    def forward_at(self, x: Tensor, rows: Tensor, positions: Tensor) -> Tensor:
+        """``forward(x)[rows, positions]`` ([N, D]); attention queries and FFN only there."""
+        attended = self.attention.forward_at(x, rows, positions)  # [N, D]
+        x_at = self.attn_norm(x[rows, positions] + self.dropout(attended))  # [N, D]
+        ffn = self.ffn_out(F.gelu(self.ffn_in(x_at)))  # [N, D]
+        return self.ffn_norm(x_at + self.dropout(ffn))  # [N, D]
 
 
 def rope_angles(positions: Tensor, head_dim: int, base: float) -> tuple[Tensor, Tensor]:

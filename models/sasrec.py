@@ -50,7 +50,7 @@ class SASRec(WindowModel):
         self.position_embedding = nn.Embedding(config.max_len, config.d_model)
         self.input_norm = nn.LayerNorm(config.d_model, eps=1e-12)
         self.dropout = nn.Dropout(config.dropout)
-        self.layers = nn.ModuleList(
+        layers = [
             PostNormTransformerLayer(
                 config.d_model,
                 config.n_heads,
@@ -60,18 +60,30 @@ class SASRec(WindowModel):
                 eps=1e-12,
             )  # fmt: skip
             for _ in range(config.n_layers)
-        )
+        ]
+        self.layers = nn.ModuleList(layers)
+        self.transformer_layers = layers  # typed view of the same modules
         init_normal_(self, config.init_std)
         with torch.no_grad():
             self.item_embedding.weight[0].zero_()
 
-    def forward(self, items: Tensor, times: Tensor) -> Tensor:
+    def embed(self, items: Tensor) -> Tensor:
         length = items.shape[1]
         if length > self.config.max_len:
             raise ValueError(f"sequence length {length} exceeds max_len {self.config.max_len}")
         positions = torch.arange(length, device=items.device)  # [L]
         x = self.item_embedding(items) + self.position_embedding(positions)  # [B, L, D]
-        x = self.dropout(self.input_norm(x))
+        return self.dropout(self.input_norm(x))
+
+    def forward(self, items: Tensor, times: Tensor) -> Tensor:
+        x = self.embed(items)
         for layer in self.layers:
             x = layer(x)
         return x  # [B, L, D]
+
+    def hidden_at(self, items: Tensor, times: Tensor, rows: Tensor, positions: Tensor) -> Tensor:
+        *early, last = self.transformer_layers
+        x = self.embed(items)
+        for layer in early:
+            x = layer(x)
+        return last.forward_at(x, rows, positions)  # [N, D]

@@ -20,15 +20,12 @@ Dh head width, F inner hidden width (4 Dh for TTT-MLP).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-GELU_C = math.sqrt(2.0 / math.pi)
 
 
 @dataclass
@@ -75,6 +72,11 @@ class InnerPieces:
     x2: Tensor | None = None  # [..., k, F] GELU(Z1) (MLP only)
     gz2: Tensor | None = None  # [..., k, Dh] dloss/dZ2 (MLP only)
 
+    def index(self, rows: Tensor) -> InnerPieces:
+        """The pieces of the given rows (first dim)."""
+        pick = [None if t is None else t[rows] for t in (self.x1, self.gz1, self.x2, self.gz2)]
+        return InnerPieces(*pick)  # type: ignore[arg-type]
+
 
 def _normalise(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     """(x_hat, std) over the last dim; mean of squares instead of ``Tensor.var``, which is slow
@@ -106,12 +108,10 @@ def gelu_tanh(x: Tensor) -> Tensor:
     return F.gelu(x, approximate="tanh")
 
 
-def gelu_tanh_backward(x: Tensor) -> Tensor:
-    """d/dx of the tanh-approximate GELU, 0.5 x (1 + tanh(c (x + 0.044715 x^3)))."""
-    tanh_out = torch.tanh(GELU_C * x * (1.0 + 0.044715 * x * x))
-    return 0.5 * x * (1.0 - tanh_out * tanh_out) * (
-        GELU_C + 3 * 0.044715 * GELU_C * x * x
-    ) + 0.5 * (1.0 + tanh_out)
+def gelu_tanh_backward(grad: Tensor, x: Tensor) -> Tensor:
+    """grad * d/dx of the tanh-approximate GELU, 0.5 x (1 + tanh(c (x + 0.044715 x^3))), in
+    one fused kernel (ATen's own GELU backward; ~10 separate elementwise ops by hand)."""
+    return torch.ops.aten.gelu_backward(grad, x, approximate="tanh")
 
 
 def inner_apply(fast: FastWeights, x: Tensor, gamma: Tensor, beta: Tensor, eps: float) -> Tensor:
@@ -133,7 +133,7 @@ def inner_pieces(
     x2 = gelu_tanh(z1)  # [..., k, F]
     z2 = x2 @ fast.W2 + fast.b2  # [..., k, Dh]
     gz2 = layer_norm_l2_backward(z2, target, gamma, beta, eps)  # [..., k, Dh]
-    gz1 = (gz2 @ fast.W2.transpose(-1, -2)) * gelu_tanh_backward(z1)  # [..., k, F]
+    gz1 = gelu_tanh_backward(gz2 @ fast.W2.transpose(-1, -2), z1)  # [..., k, F]
     return InnerPieces(x1=xk, gz1=gz1, x2=x2, gz2=gz2)
 
 
@@ -168,23 +168,38 @@ def ttt_dual_minibatch(
     triangular here). Returns (end-of-mini-batch weights, outputs [..., k, Dh])."""
     p = inner_pieces(fast, xk, xv, gamma, beta, eps)
     eta = torch.tril(eta)  # [..., k, k]
-    last = eta[..., -1, :].unsqueeze(-1)  # [..., k, 1]
-    attn1 = eta * (xq @ p.x1.transpose(-1, -2))  # [..., k, k]
-    z1 = xq @ fast.W1 - attn1 @ p.gz1 + fast.b1 - eta @ p.gz1  # [..., k, F]
-    new_parts = [
+    outputs = dual_outputs(fast, xq, p, eta, gamma, beta, eps)
+    return dual_update(fast, p, eta[..., -1, :].unsqueeze(-1)), outputs
+
+
+def dual_outputs(
+    fast: FastWeights, xq: Tensor, p: InnerPieces, eta: Tensor, gamma: Tensor, beta: Tensor,
+    eps: float,
+) -> Tensor:  # fmt: skip
+    """Outputs for queries xq [..., q, Dh] of a mini-batch whose pieces at ``fast`` are ``p``;
+    eta [..., q, k] row i holds s_i * sigma_j for the tokens j it has seen, 0 after."""
+    attn1 = eta * (xq @ p.x1.transpose(-1, -2))  # [..., q, k]
+    z1 = xq @ fast.W1 - attn1 @ p.gz1 + fast.b1 - eta @ p.gz1  # [..., q, F]
+    if fast.W2 is None or fast.b2 is None or p.x2 is None or p.gz2 is None:
+        return xq + layer_norm(z1, gamma, beta, eps)
+    x2q = gelu_tanh(z1)  # [..., q, F]
+    attn2 = eta * (x2q @ p.x2.transpose(-1, -2))  # [..., q, k]
+    z2 = x2q @ fast.W2 - attn2 @ p.gz2 + fast.b2 - eta @ p.gz2  # [..., q, Dh]
+    return xq + layer_norm(z2, gamma, beta, eps)
+
+
+def dual_update(fast: FastWeights, p: InnerPieces, last: Tensor) -> FastWeights:
+    """Weights at the end of a mini-batch; last [..., k, 1] = s_{k-1} * sigma_j."""
+    parts = [
         fast.W1 - (last * p.x1).transpose(-1, -2) @ p.gz1,
         fast.b1 - (last * p.gz1).sum(-2, keepdim=True),
     ]
-    if fast.W2 is None or fast.b2 is None or p.x2 is None or p.gz2 is None:
-        return FastWeights.from_parts(new_parts), xq + layer_norm(z1, gamma, beta, eps)
-    x2q = gelu_tanh(z1)  # [..., k, F]
-    attn2 = eta * (x2q @ p.x2.transpose(-1, -2))  # [..., k, k]
-    z2 = x2q @ fast.W2 - attn2 @ p.gz2 + fast.b2 - eta @ p.gz2  # [..., k, Dh]
-    new_parts += [
-        fast.W2 - (last * p.x2).transpose(-1, -2) @ p.gz2,
-        fast.b2 - (last * p.gz2).sum(-2, keepdim=True),
-    ]
-    return FastWeights.from_parts(new_parts), xq + layer_norm(z2, gamma, beta, eps)
+    if fast.W2 is not None and fast.b2 is not None and p.x2 is not None and p.gz2 is not None:
+        parts += [
+            fast.W2 - (last * p.x2).transpose(-1, -2) @ p.gz2,
+            fast.b2 - (last * p.gz2).sum(-2, keepdim=True),
+        ]
+    return FastWeights.from_parts(parts)
 
 
 def ttt_dual_scan(
@@ -215,6 +230,60 @@ def ttt_dual_scan(
         )  # fmt: skip
         outputs.append(out)
     return torch.cat(outputs, dim=-2), fast
+
+
+def ttt_dual_scan_at(
+    fast: FastWeights,
+    xq: Tensor,
+    xk: Tensor,
+    xv: Tensor,
+    sigma: Tensor,
+    scales: Tensor,
+    gamma: Tensor,
+    beta: Tensor,
+    eps: float,
+    rows: Tensor,
+    positions: Tensor,
+) -> Tensor:
+    """``ttt_dual_scan(...)[0][rows, :, positions]`` ([N, H, Dh]) for xq/xk/xv [B, H, L, Dh],
+    sigma [B, H, L] and ``fast`` shared by the rows ([H, ...]), computing only what those outputs
+    need: a row leaves the scan after the mini-batch of its last wanted position, and outputs
+    are formed only for the wanted positions (the full scan forms all of them)."""
+    mini_batch = scales.shape[0]
+    length = xq.shape[-2]
+    reach = torch.full((xq.shape[0],), -1, dtype=torch.long, device=xq.device)
+    reach = reach.scatter_reduce(0, rows, positions, "amax")  # [B] last wanted position
+    active = torch.nonzero(reach >= 0).squeeze(1)  # [A] rows still scanning, ascending
+    out = xq.new_empty(rows.shape[0], xq.shape[1], xq.shape[-1])  # [N, H, Dh]
+    for start in range(0, int(reach.max()) + 1, mini_batch):
+        end = min(start + mini_batch, length)
+        staying = reach[active] >= start  # [A]
+        if not bool(staying.all()):
+            active = active[staying]
+            fast = _take_rows(fast, staying)
+        q, k, v = (x[active, :, start:end] for x in (xq, xk, xv))  # [A, H, k, Dh]
+        eta = torch.tril(scales[: end - start, None] * sigma[active, :, None, start:end])
+        p = inner_pieces(fast, k, v, gamma, beta, eps)  # at the mini-batch's start weights
+        wanted = torch.nonzero((positions >= start) & (positions < end)).squeeze(1)  # [n]
+        if wanted.numel():
+            local = torch.searchsorted(active, rows[wanted])  # [n] index among the active
+            index = positions[wanted] - start  # [n] in-mini-batch index
+            picked = dual_outputs(
+                _take_rows(fast, local),
+                q[local, :, index].unsqueeze(-2),  # [n, H, 1, Dh]
+                p.index(local),
+                eta[local, :, index].unsqueeze(-2),  # [n, H, 1, k]
+                gamma, beta, eps,
+            )  # fmt: skip
+            out[wanted] = picked.squeeze(-2)
+        if end <= int(reach[active].max()):
+            fast = dual_update(fast, p, eta[..., -1, :].unsqueeze(-1))
+    return out
+
+
+def _take_rows(fast: FastWeights, rows: Tensor) -> FastWeights:
+    """The given rows of per-row weights ([B, H, ...]); weights all rows share ([H, ...]) stay."""
+    return FastWeights.from_parts([w[rows] if w.dim() == 4 else w for w in fast.parts()])
 
 
 def ttt_recurrent_step(
@@ -356,7 +425,7 @@ def ttt_recurrent_step_fast(
     else:
         x2 = gelu_tanh(z1k)  # [U, H, 1, F]
         gz2 = layer_norm_l2_backward(x2 @ fast.W2 + fast.b2, target, gamma, beta, eps)
-        gz1 = (gz2 @ fast.W2.transpose(-1, -2)) * gelu_tanh_backward(z1k)  # [U, H, 1, F]
+        gz1 = gelu_tanh_backward(gz2 @ fast.W2.transpose(-1, -2), z1k)  # [U, H, 1, F]
         step1, step2 = sigma * gz1, sigma * gz2
         g_w1, g_b1 = accumulate_outer(accum.W1, xk, step1), accumulate(accum.b1, step1)
         g_w2, g_b2 = accumulate_outer(accum.W2, x2, step2), accumulate(accum.b2, step2)

@@ -31,7 +31,13 @@ from models.base import SeqRecConfig, SeqRecModel, last_positions
 from models.layers import RMSNorm, SwiGLU, apply_rope_interleaved, init_normal_, rope_angles
 from models.registry import register
 from models.state import State
-from models.ttt import FastWeights, token_scales, ttt_dual_scan, ttt_recurrent_step_fast
+from models.ttt import (
+    FastWeights,
+    token_scales,
+    ttt_dual_scan,
+    ttt_dual_scan_at,
+    ttt_recurrent_step_fast,
+)
 
 POLICIES = ("windowed", "recurrent")
 INNER_MODELS = ("mlp", "linear")
@@ -208,6 +214,17 @@ class TTTLayer(nn.Module):
         )  # fmt: skip
         return self.output(z)
 
+    def forward_at(self, xn: Tensor, rows: Tensor, positions: Tensor) -> Tensor:
+        """``forward(xn)[rows, positions]`` ([N, D]), scanning each row only as far as needed."""
+        length = xn.shape[1]
+        in_mini_batch = torch.arange(length, device=xn.device) % self.config.mini_batch  # [L]
+        q, k, v, sigma = self.views(xn, in_mini_batch)  # [B, H, L, Dh], sigma [B, H, L]
+        z = ttt_dual_scan_at(
+            self.initial_fast(), q, k, v, sigma, token_scales(self.token_offsets),
+            self.ttt_norm_weight, self.ttt_norm_bias, self.inner_eps, rows, positions,
+        )  # fmt: skip
+        return self.o_proj(self.post_norm(z.flatten(-2)))  # [N, H, Dh] -> [N, D]
+
     def step(
         self, xn: Tensor, fast: FastWeights, accum: FastWeights, index: Tensor
     ) -> tuple[FastWeights, FastWeights, Tensor]:
@@ -233,6 +250,11 @@ class TTTBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.ttt(self.seq_norm(x))  # [B, L, D]
         return x + self.ffn(self.ffn_norm(x))
+
+    def forward_at(self, x: Tensor, rows: Tensor, positions: Tensor) -> Tensor:
+        """``forward(x)[rows, positions]`` ([N, D]); the FFN runs at those positions only."""
+        x_at = x[rows, positions] + self.ttt.forward_at(self.seq_norm(x), rows, positions)
+        return x_at + self.ffn(self.ffn_norm(x_at))
 
     def step(
         self, x: Tensor, fast: FastWeights, accum: FastWeights, index: Tensor
@@ -277,6 +299,13 @@ class TTT4Rec(SeqRecModel):
         for block in self.blocks:
             x = block(x)
         return self.final_norm(x)  # [B, L, D]
+
+    def hidden_at(self, items: Tensor, times: Tensor, rows: Tensor, positions: Tensor) -> Tensor:
+        *early, last = self.ttt_blocks
+        x = self.embed(items)  # [B, L, D]
+        for block in early:
+            x = block(x)
+        return self.final_norm(last.forward_at(x, rows, positions))  # [N, D]
 
     # -- streaming ---------------------------------------------------------------------------
 

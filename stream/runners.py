@@ -17,8 +17,9 @@ micro-batch, in order). Its reference is ``advance_by_rounds``: one ``model.step
 round (round r = every user's r-th event), which is what ``model.step`` defines. Models whose
 step re-encodes a window (SASRec, windowed TTT4Rec) or ignores the state (TTT4Rec ``:frozen``)
 take a fast path that is the same computation batched over all events at once: every event's
-window is built (events whose window has not slid yet share one causal row) and encoded in one
-forward call. Recurrent models keep rounds, with users ordered so each round is a prefix slice.
+window is built (events whose window has not slid yet share one causal row) and read out at the
+events' positions in one ``model.hidden_at`` call per length bin. Recurrent models keep rounds,
+with users ordered so each round is a prefix slice.
 """
 
 from __future__ import annotations
@@ -229,7 +230,7 @@ class SeqRecRunner:
         times: Sequence[np.ndarray],
         path: StepPath,
     ) -> list[Advanced]:
-        """One forward call for every event of every user (see the module docstring)."""
+        """One model call for every event of every user (see the module docstring)."""
         rows_items: list[np.ndarray] = []  # per encoded row, its vocab indices (<= L)
         rows_times: list[np.ndarray] = []
         event_row: list[int] = []  # per event, its row and the position of its item there
@@ -291,15 +292,20 @@ class SeqRecRunner:
         event_row: list[int],
         event_position: list[int],
     ) -> Tensor:
-        """Encode every row (a window, item 0 padding on the right) and pick each event's
-        output -> [N, D]. Rows go in up to four forward calls by length, each padded only to
-        its longest row: a causal model's output at a position does not depend on what
-        follows it, so the padding width changes nothing but float rounding."""
+        """Encode every row (a window, item 0 padding on the right) and read each event's
+        output at its position -> [N, D] (``model.hidden_at``: only what those outputs need).
+        Rows go in up to four calls by length, each padded only to its longest row: a causal
+        model's output at a position does not depend on what follows it, so the padding width
+        changes nothing but float rounding."""
         lengths = np.array([len(r) for r in rows_items])
         longest = int(lengths.max())
         bins = (lengths - 1) * 4 // longest  # [R] 0..3
         local = np.zeros(len(rows_items), dtype=np.int64)  # row -> its index in its bin
-        encoded_bins: dict[int, Tensor] = {}
+        rows = np.asarray(event_row)
+        positions = np.asarray(event_position)
+        event_bins = bins[rows]
+        picked: list[Tensor] = []
+        order: list[np.ndarray] = []
         for b in np.unique(bins).tolist():
             members = np.nonzero(bins == b)[0]
             local[members] = np.arange(members.size)
@@ -309,23 +315,19 @@ class SeqRecRunner:
             for i, row in enumerate(members.tolist()):
                 batch_items[i, : lengths[row]] = rows_items[row]
                 batch_times[i, : lengths[row]] = rows_times[row]
-            encoded_bins[b] = self.model.forward(
-                torch.from_numpy(batch_items).to(self.device),
-                torch.from_numpy(batch_times).to(self.device),
-            )  # [R_b, W_b, D]
-        rows = np.asarray(event_row)
-        positions = np.asarray(event_position)
-        event_bins = bins[rows]
-        d_model = next(iter(encoded_bins.values())).shape[-1]
-        dtype = next(iter(encoded_bins.values())).dtype
-        hidden = torch.empty(len(event_row), d_model, dtype=dtype, device=self.device)
-        for b, encoded in encoded_bins.items():
             events = np.nonzero(event_bins == b)[0]
-            picked = encoded[
-                torch.as_tensor(local[rows[events]]), torch.as_tensor(positions[events])
-            ]  # [N_b, D]
-            hidden[torch.as_tensor(events, device=self.device)] = picked
-        return hidden
+            picked.append(
+                self.model.hidden_at(
+                    torch.from_numpy(batch_items).to(self.device),
+                    torch.from_numpy(batch_times).to(self.device),
+                    torch.from_numpy(local[rows[events]]).to(self.device),
+                    torch.from_numpy(positions[events]).to(self.device),
+                )  # [N_b, D]
+            )
+            order.append(events)
+        hidden = torch.cat(picked)  # events bin by bin
+        back = torch.from_numpy(np.argsort(np.concatenate(order), kind="stable"))
+        return hidden[back.to(self.device)]  # [N, D] in event order
 
     def _window(self, sequence: np.ndarray, times: np.ndarray, width: int) -> WindowState:
         """The window ``window_push`` leaves after pushing every item of ``sequence``."""

@@ -101,6 +101,20 @@ def test_step_equals_forward(name: str, overrides: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize(("name", "overrides"), CASES)
+def test_hidden_at_equals_forward_picked(name: str, overrides: dict[str, Any]) -> None:
+    """The streaming read-out (outputs at chosen positions only) against the full forward."""
+    model = tiny_model(name, overrides).double()
+    items, times = batch(4, TINY["max_len"])
+    items[1, 5:] = 0  # a right-padded row
+    rows = torch.tensor([0, 1, 1, 3, 0, 2])
+    positions = torch.tensor([11, 4, 0, 7, 2, 11])
+    with torch.no_grad():
+        expected = model(items, times)[rows, positions]  # [N, D]
+        picked = model.hidden_at(items, times, rows, positions)
+    assert_close(picked, expected, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize(("name", "overrides"), CASES)
 def test_state_bytes_round_trip(name: str, overrides: dict[str, Any]) -> None:
     model = tiny_model(name, overrides)
     items, times = batch(3, 9)

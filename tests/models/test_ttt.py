@@ -17,6 +17,7 @@ from models.ttt import (
     token_gradients,
     token_scales,
     ttt_dual_scan,
+    ttt_dual_scan_at,
     ttt_recurrent_step,
     ttt_recurrent_step_fast,
     ttt_sequential_reference,
@@ -66,8 +67,9 @@ def test_layer_norm_l2_backward_matches_autograd() -> None:
 
 def test_gelu_tanh_backward_matches_autograd() -> None:
     x = torch.linspace(-6, 6, 401, dtype=torch.float64, requires_grad=True)
-    (expected,) = torch.autograd.grad(gelu_tanh(x).sum(), x)
-    assert_close(gelu_tanh_backward(x.detach()), expected)
+    grad = torch.linspace(-2, 3, 401, dtype=torch.float64)
+    (expected,) = torch.autograd.grad(gelu_tanh(x), x, grad)
+    assert_close(gelu_tanh_backward(grad, x.detach()), expected)
 
 
 @pytest.mark.parametrize("inner", ["mlp", "linear"])
@@ -115,6 +117,32 @@ def test_dual_form_with_shared_initial_weights_broadcasts(inner: str) -> None:
     out_shared, _ = ttt_dual_scan(shared, data["xq"], data["xk"], data["xv"], *args)
     out_tiled, _ = ttt_dual_scan(tiled, data["xq"], data["xk"], data["xv"], *args)
     assert_close(out_shared, out_tiled)
+
+
+@pytest.mark.parametrize("inner", ["mlp", "linear"])
+@pytest.mark.parametrize(
+    ("rows", "positions"),
+    [
+        ([0, 1, 2], [20, 20, 20]),  # every row at its end
+        ([2, 0, 2, 0], [3, 7, 15, 8]),  # several positions per row, one row left out
+        ([1], [0]),  # the first token only
+        ([0, 1], [13, 16]),  # a partial last mini-batch; rows leave the scan at different times
+    ],
+)
+def test_dual_scan_at_equals_full_scan_picked(
+    inner: str, rows: list[int], positions: list[int]
+) -> None:
+    generator = torch.Generator().manual_seed(6)
+    shared = make_fast(inner, generator, lead=(H,))
+    data = make_inputs(21, generator)
+    scales = token_scales(torch.randn(8, generator=generator, dtype=torch.float64) * 0.1)
+    args = (data["sigma"], scales, data["gamma"], data["beta"], EPS)
+    full, _ = ttt_dual_scan(shared, data["xq"], data["xk"], data["xv"], *args)
+    row_index, position_index = torch.tensor(rows), torch.tensor(positions)
+    picked = ttt_dual_scan_at(
+        shared, data["xq"], data["xk"], data["xv"], *args, row_index, position_index
+    )
+    assert_close(picked, full[row_index, :, position_index], atol=1e-12, rtol=1e-12)
 
 
 @pytest.mark.parametrize("inner", ["mlp", "linear"])
