@@ -89,8 +89,10 @@ def prequential_batch(
     options: ScoringOptions = ScoringOptions(),
     produced_ms: Mapping[int, float] | None = None,
     clock_ms: Callable[[], float] | None = None,
+    batch_size: int | None = None,
 ) -> BatchResult:
-    """Predict -> score -> update for ``events``; inputs are not modified.
+    """Predict -> score -> update for ``events``; inputs are not modified. ``batch_size`` is
+    recorded in the predictions: the micro-batch the events came in (default: all of them).
 
     ``view`` must be complete through ``max(event ids) - 1`` (see ``GlobalView``).
 
@@ -160,7 +162,7 @@ def prequential_batch(
                     shifted=event.shifted,
                     produced_ms=produced,
                     predicted_ms=now,
-                    batch_size=len(events),
+                    batch_size=len(events) if batch_size is None else batch_size,
                 )
             )
     touched = {event.user for event in applied}

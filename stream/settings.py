@@ -45,6 +45,7 @@ class Settings:
     device: str = "auto"  # auto = CUDA when present
     dtype: str = "float64"  # float64: batch-size-independent ranks; float32: faster
     torch_threads: int = 1  # torch intra-op threads in the worker; 0 = torch's default
+    model_processes: int = 2  # model step in N child processes, users sharded; 0: a thread
     batch_size: int = 256  # micro-batch: at most this many events ...
     max_wait_ms: float = 50.0  # ... or what arrived within this time
     candidates: str = "seen"  # "seen" (first seen before the event) or "all" (catalogue)
@@ -94,6 +95,8 @@ class Settings:
             raise SettingsError(f"dtype must be float32 or float64, got {self.dtype!r}")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise SettingsError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+        if self.model_processes < 0:
+            raise SettingsError(f"model_processes must be 0 or more, got {self.model_processes}")
         if self.partitions < 1:
             raise SettingsError(f"partitions must be at least 1, got {self.partitions}")
         if not self.models:

@@ -9,6 +9,8 @@ Decoded snapshots stay in ``WorkerCore`` (on the model device: on a GPU the user
 resident there) keyed by user, each with the exact bytes it was decoded from or encoded to. A
 cached snapshot is used only while the table still holds those very bytes; after a restart,
 a rebalance or another worker's write the bytes differ and the snapshot is decoded again.
+``IN_FLIGHT`` in place of the bytes means "the snapshot you made last": the agent hands a batch
+over before the previous batch's table writes are done (see ``stream.faustapp``).
 
 ``ViewReader`` fills a ``GlobalView`` from every partition of the interactions topic with a
 group-less kafka-python consumer in a daemon thread.
@@ -27,12 +29,15 @@ import torch
 from replay.schema import EndOfStream, Interaction, MalformedRecord, decode, user_key
 from stream.globalview import GlobalView
 from stream.prequential import ScoringOptions, prequential_batch
-from stream.records import Prediction, encode_events
+from stream.records import encode_events
 from stream.runners import ModelSpec, Runner, SeqRecRunner, load_runner, resolve_device
 from stream.settings import Settings
 from stream.userstate import UserSnapshot, decode_snapshot, encode_snapshot
 
 log = logging.getLogger(__name__)
+
+
+IN_FLIGHT = b""  # stored value: the snapshot this core made last (its table write is pending)
 
 
 class ViewTimeout(RuntimeError):
@@ -42,7 +47,6 @@ class ViewTimeout(RuntimeError):
 @dataclass
 class BatchOutput:
     blobs: dict[bytes, bytes]  # table key -> new snapshot bytes
-    predictions: list[Prediction]
     records: list[tuple[bytes, bytes]]  # (key, value) for ``predictions``, one per event
     redelivered: list[int] = field(default_factory=list)
     compute_s: float = 0.0
@@ -68,6 +72,16 @@ def build_view(settings: Settings) -> GlobalView:
     return GlobalView(refresh_s=settings.popularity_refresh_s, window_s=window)
 
 
+def build_core(settings: Settings) -> tuple[WorkerCore, GlobalView]:
+    """The configured models (checkpoints loaded) around an empty global view."""
+    if settings.torch_threads > 0:
+        torch.set_num_threads(settings.torch_threads)
+    view = build_view(settings)
+    options = ScoringOptions(settings.candidates, settings.exclude_seen)  # type: ignore[arg-type]
+    core = WorkerCore(build_runners(settings), view, options, settings.view_timeout_s)
+    return core, view
+
+
 class WorkerCore:
     def __init__(
         self,
@@ -87,6 +101,10 @@ class WorkerCore:
 
     def snapshot(self, user: int, stored: bytes | None) -> UserSnapshot | None:
         cached = self._cache.get(user)
+        if stored == IN_FLIGHT:
+            if cached is None:
+                raise RuntimeError(f"user {user}: told to follow a snapshot this core never made")
+            return cached[1]
         if stored is None:
             self._cache.pop(user, None)
             return None
@@ -101,6 +119,7 @@ class WorkerCore:
         events: Sequence[Interaction],
         stored: Mapping[int, bytes | None],
         produced_ms: Mapping[int, float] | None = None,
+        batch_size: int | None = None,
     ) -> BatchOutput:
         started = time.perf_counter()
         snapshots = {}
@@ -120,8 +139,9 @@ class WorkerCore:
                 )
             waited = time.perf_counter() - wait_started
         result = prequential_batch(
-            events, snapshots, self.runners, self.view, self.options, produced_ms, self.clock_ms
-        )
+            events, snapshots, self.runners, self.view, self.options, produced_ms, self.clock_ms,
+            batch_size,
+        )  # fmt: skip
         blobs = {}
         for user, snapshot in result.snapshots.items():
             blob = encode_snapshot(snapshot, self.stateful)
@@ -129,7 +149,6 @@ class WorkerCore:
             blobs[user_key(user)] = blob
         return BatchOutput(
             blobs=blobs,
-            predictions=result.predictions,
             records=encode_events(result.predictions),
             redelivered=result.redelivered,
             compute_s=time.perf_counter() - started - waited,
