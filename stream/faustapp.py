@@ -1,21 +1,33 @@
 """The Faust application: topics, the per-user state table, and the thin evaluation agent.
 
 ``stream.app`` builds one from ``Settings.load()`` so that ``faust -A stream.app worker`` works;
-``create_app`` is the factory. The agent takes micro-batches (``take_events``), hands the model
-work to a dedicated single-thread executor, then, in this order:
+``create_app`` is the factory. The agent takes micro-batches (``take_events``), decodes them and
+hands the model work (``WorkerCore.process``, in child processes by default, see
+``stream.modelproc``) to a dedicated single-thread executor, which runs batches one at a time in
+order. It does not wait for the result: while the models work on one batch, Faust assembles the
+next (``PIPELINE_DEPTH`` batches at most between hand-over and completion). Each batch then
+completes after the one before it, in this order:
 
-1. sends the batch's prediction records (one per event, every model's result in it) and waits
-   for the broker's acknowledgements;
-2. writes every touched user's snapshot (bytes) to the table, inside the current-event context
-   of one of that user's events (faust-streaming #497 workaround, see ``write_in_event_context``);
-3. forwards end-of-stream markers (one per model) to ``predictions``.
+1. its prediction records are sent (one per event, every model's result in it) and the agent
+   waits for the broker's acknowledgements;
+2. every touched user's snapshot (bytes) is written to the table, inside the current-event
+   context of one of that user's events (faust-streaming #497 workaround, see
+   ``write_in_event_context``);
+3. its end-of-stream markers are forwarded (one per model) to ``predictions``;
+4. its events are acked. ``take_events`` acks them when the agent body returns, which is
+   before they are done, so the agent holds one more reference to each message
+   (``Message.incref``, the count Faust keeps for several streams reading one message) and
+   drops it here; only then may Faust commit their offsets. Faust flushes its producer
+   (changelog included) before committing, and waits for every delivered message to be acked
+   before a rebalance.
 
-Faust acks the batch's offsets after the loop body, and flushes its producer (changelog included)
-before committing them. A crash anywhere before the commit redelivers the batch: users whose
-snapshot was written skip the events (``last_event_id``), the others recompute identical
-predictions from the previous snapshot, and the sink drops duplicates by (event id, model). So
-the predictions are written before the state: an outbox is not needed. Any unexpected error ends
-the worker process (exit 70) rather than letting Faust restart the agent past unacked events.
+A batch handed over while an earlier one still has snapshot writes pending gets ``IN_FLIGHT``
+for those users instead of the table's (stale) bytes: the core continues from the snapshot it
+made last. A crash anywhere before the commit redelivers the batch: users whose snapshot was
+written skip the events (``last_event_id``), the others recompute identical predictions from
+the previous snapshot, and the sink drops duplicates by (event id, model). So the predictions
+are written before the state: an outbox is not needed. Any unexpected error ends the worker
+process (exit 70) rather than letting Faust restart the agent past unacked events.
 """
 
 from __future__ import annotations
@@ -26,7 +38,7 @@ import os
 import weakref
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 import faust
 from faust.streams import Stream, _current_event
@@ -36,7 +48,7 @@ from faust.types import EventT
 
 from replay.schema import EndOfStream, Interaction, MalformedRecord, decode, user_key
 from stream.bootstrap import resolve_bootstrap
-from stream.prequential import ScoringOptions
+from stream.modelproc import ModelShards
 from stream.records import (
     Prediction,
     PredictionEnd,
@@ -46,10 +58,11 @@ from stream.records import (
     prediction_key,
 )
 from stream.settings import Settings
-from stream.worker import ViewReader, WorkerCore, build_runners, build_view
+from stream.worker import IN_FLIGHT, BatchOutput, ViewReader, WorkerCore, build_core
 
 log = logging.getLogger(__name__)
 PASSTHROUGH_MODEL = "passthrough"
+PIPELINE_DEPTH = 2  # micro-batches between hand-over to the models and completion
 CRASH_EXIT_CODE = 70
 
 
@@ -155,30 +168,34 @@ class EvaluationAgent:
         self.settings = settings
         self.table = table
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
-        self.core: WorkerCore | None = None
+        self.core: WorkerCore | ModelShards | None = None
         self.model_names: list[str] = [PASSTHROUGH_MODEL]
         self.dead_letters = 0
         self.events = 0
         self.view_reader: ViewReader | None = None
         self.offset_gaps = OffsetGaps()
+        # the pipeline: a batch is handed to the models while the one before it completes
+        self.in_flight = asyncio.Semaphore(PIPELINE_DEPTH)
+        self.completion: asyncio.Future[None] | None = None  # of the last batch handed over
+        self.pending_writes: dict[int, int] = {}  # user -> handed-over batches not yet written
 
     def load_models(self, bootstrap: str) -> None:
-        """Load checkpoints (before the worker starts, so a bad checkpoint fails fast)."""
-        if self.settings.torch_threads > 0:
-            import torch
-
-            torch.set_num_threads(self.settings.torch_threads)
+        """Load checkpoints (before the worker starts, so a bad checkpoint fails fast): in a
+        child processes (``model_processes``, users sharded among them) or in this one."""
         if self.settings.passthrough:
             return
-        runners = build_runners(self.settings)
-        view = build_view(self.settings)
-        options = ScoringOptions(self.settings.candidates, self.settings.exclude_seen)  # type: ignore[arg-type]
-        self.core = WorkerCore(runners, view, options, self.settings.view_timeout_s)
-        self.model_names = [r.name for r in runners]
+        if self.settings.model_processes > 0:
+            shards = ModelShards(self.settings, bootstrap, self.settings.model_processes)
+            self.core, self.model_names = shards, shards.model_names
+            return
+        core, view = build_core(self.settings)
+        self.core, self.model_names = core, [r.name for r in core.runners]
         self.view_reader = ViewReader(bootstrap, self.settings.interactions_topic, view)
 
     def start_view(self) -> None:
-        if self.view_reader is not None and not self.view_reader.started:
+        if isinstance(self.core, ModelShards):
+            self.core.start_view()
+        elif self.view_reader is not None and not self.view_reader.started:
             self.view_reader.start()
 
     async def handle(self, batch: Sequence[EventT]) -> None:
@@ -186,9 +203,7 @@ class EvaluationAgent:
             self.start_view()
             await self._handle(batch)
         except Exception:
-            log.exception("evaluation failed; exiting so the batch is redelivered")
-            logging.shutdown()
-            os._exit(CRASH_EXIT_CODE)
+            _exit_for_redelivery()
 
     async def _handle(self, batch: Sequence[EventT]) -> None:
         interactions: list[Interaction] = []
@@ -215,25 +230,70 @@ class EvaluationAgent:
         if self.core is None:
             predictions = [_passthrough(e, produced_ms, len(batch)) for e in interactions]
             await self._send_all(encode_events(predictions))
+            await self._send_markers(ends)
+            return
+        await self.in_flight.acquire()
+        for event in batch:
+            event.message.incref()  # take_events' ack leaves it unacked; _complete acks it
+        stored = {
+            user: IN_FLIGHT if user in self.pending_writes else self.table.get(user_key(user))
+            for user in last_event_of
+        }
+        for user in last_event_of:
+            self.pending_writes[user] = self.pending_writes.get(user, 0) + 1
+        loop = asyncio.get_running_loop()
+        if isinstance(self.core, ModelShards):  # queued now, collected in order by the executor
+            busy = self.core.submit(interactions, stored, produced_ms)
+            output = loop.run_in_executor(self.executor, self.core.collect, busy)
         else:
-            stored = {user: self.table.get(user_key(user)) for user in last_event_of}
-            loop = asyncio.get_running_loop()
-            output = await loop.run_in_executor(
+            output = loop.run_in_executor(
                 self.executor, self.core.process, interactions, stored, produced_ms
             )
+        self.completion = asyncio.ensure_future(
+            self._complete(self.completion, output, batch, last_event_of, ends)
+        )
+
+    async def _complete(
+        self,
+        previous: asyncio.Future[None] | None,
+        output_future: asyncio.Future[BatchOutput],
+        batch: Sequence[EventT],
+        last_event_of: dict[int, EventT],
+        ends: list[EndOfStream],
+    ) -> None:
+        """Finish a batch after the one before it: send its predictions and wait for their
+        acknowledgements, write its users' snapshots, forward its end markers, then ack its
+        events so that Faust may commit them."""
+        try:
+            if previous is not None:
+                await previous
+            output = await output_future
             await self._send_all(output.records)
             for user, event in last_event_of.items():
                 key = user_key(user)
                 if key in output.blobs:
                     write_in_event_context(self.table, event, key, output.blobs[key])
-        if ends:
-            markers = [
-                PredictionEnd(
-                    model, end.partition, end.partitions, end.total_events, end.partition_events
-                )  # fmt: skip
-                for end in ends
-                for model in self.model_names
-            ]
+                if self.pending_writes[user] == 1:
+                    del self.pending_writes[user]
+                else:
+                    self.pending_writes[user] -= 1
+            await self._send_markers(ends)
+            for event in batch:
+                event.ack()
+        except Exception:
+            _exit_for_redelivery()
+        finally:
+            self.in_flight.release()
+
+    async def _send_markers(self, ends: Sequence[EndOfStream]) -> None:
+        markers = [
+            PredictionEnd(
+                model, end.partition, end.partitions, end.total_events, end.partition_events
+            )
+            for end in ends
+            for model in self.model_names
+        ]
+        if markers:
             await self._send_all([(prediction_key(m), encode_end(m)) for m in markers])
 
     async def _send_all(self, records: Sequence[tuple[bytes, bytes]]) -> None:
@@ -260,6 +320,14 @@ class EvaluationAgent:
             self.settings.dead_letter_topic, message.key, payload, None, None, None
         )
         await sent
+
+
+def _exit_for_redelivery() -> NoReturn:
+    """End the worker on an unexpected error (inside ``except``): Faust would otherwise restart
+    the agent past the batch's unacked events."""
+    log.exception("evaluation failed; exiting so the batch is redelivered")
+    logging.shutdown()
+    os._exit(CRASH_EXIT_CODE)
 
 
 def _passthrough(event: Interaction, produced_ms: dict[int, float], batch_size: int) -> Prediction:
