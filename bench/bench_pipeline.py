@@ -23,6 +23,7 @@ state, averaged over the users.
     python bench/bench_pipeline.py                       # synthetic, 6000 events, CPU
     python bench/bench_pipeline.py --ttt4rec-policies windowed --dtype float32
     python bench/bench_pipeline.py --dataset ml-1m --events 20000 --device auto
+    python bench/bench_pipeline.py --model-processes 0   # the model step in a worker thread
 """
 
 from __future__ import annotations
@@ -117,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--torch-threads", type=int, default=1, help="torch intra-op threads in the worker"
     )
+    parser.add_argument(
+        "--model-processes", type=int, default=2, help="0: model step in a worker thread"
+    )
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--checkpoint-dir", type=Path, default=None, help="trained checkpoints")
     parser.add_argument(
@@ -151,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         dtype=args.dtype,
         batch_size=args.batch_size,
         torch_threads=args.torch_threads,
+        model_processes=args.model_processes,
         max_wait_ms=50.0,
         sink_flush_s=3600.0,
     )
@@ -213,8 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     passthrough_rate = results["passthrough:passthrough"]["events_per_s"]
     print(f"\n{args.dataset}: {log.events.height} events, {log.events['user'].n_unique()} users, "
           f"models {args.models}, device {args.device}, dtype {args.dtype}, "
-          f"batch {args.batch_size}, partitions {args.partitions}, "
-          f"torch threads {args.torch_threads}")  # fmt: skip
+          f"batch {args.batch_size}, partitions {args.partitions}, torch threads "
+          f"{args.torch_threads}, model processes {args.model_processes}")  # fmt: skip
     print(f"{'run:model':<40}{'events/s':>12}{'lat p50 ms':>14}{'lat p99 ms':>14}")
     for name, row in results.items():
         print(f"{name:<40}{row['events_per_s']:>12.1f}{row['latency_p50_ms']:>14.0f}"
