@@ -1,17 +1,20 @@
 """Pins the faust-streaming behaviour the worker relies on or works around: inside
 ``take_events`` batches there is no current event, so a plain table write fails
 (faust-streaming #497) and ``write_in_event_context`` works; the worker's recovery seeks the
-stream partitions before any of their records is fetched (faust-streaming #216)."""
+stream partitions before any of their records is fetched (faust-streaming #216); one more
+reference to a message keeps it unacked past ``take_events`` until the agent drops it (the
+pipelined agent's deferred ack)."""
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from typing import cast
 
 import faust
 import pytest
 from faust.streams import Stream
-from faust.types import TP
+from faust.types import TP, EventT
 
 from stream.faustapp import (
     OffsetGaps,
@@ -28,6 +31,7 @@ async def app() -> AsyncIterator[faust.App]:
     test_app.finalize()
     test_app.flow_control.resume()
     yield test_app
+    gc.collect()  # collect the agent's leftovers while their event loop is still open
 
 
 async def test_table_writes_in_take_events_need_the_event_context(app: faust.App) -> None:
@@ -54,6 +58,36 @@ async def test_table_writes_in_take_events_need_the_event_context(app: faust.App
             await agent.put(b"x", key=key, partition=i % 4)
     assert failures and "outside of stream iteration" in failures[0]
     assert {k: table[k] for k in (b"a", b"b", b"c")} == {b"a": b"4", b"b": b"2", b"c": b"2"}
+
+
+async def test_an_extra_message_reference_holds_back_the_take_events_ack(app: faust.App) -> None:
+    topic = app.topic("held", key_type=bytes, value_type=bytes, partitions=1)
+    held: list[EventT] = []
+    seen_by_next_batch: list[bool] = []  # acked, as the next batch finds them
+    after_release: list[bool] = []
+
+    @app.agent(topic)
+    async def hold(stream: faust.StreamT[bytes]) -> AsyncIterator[int]:
+        async for batch in cast(Stream[bytes], stream).take_events(4, within=0.05):
+            seen_by_next_batch.extend(event.message.acked for event in held)
+            for event in held:
+                event.ack()  # what the agent's completion does
+            after_release.extend(event.message.acked for event in held)
+            held[:] = batch
+            for event in batch:
+                # ``agent.put`` bypasses the conductor, which takes one reference per stream
+                # reading the topic; take that one here, then the agent's own
+                event.message.incref()
+                event.message.incref()
+            yield len(batch)
+
+    async with hold.test_context() as agent:
+        for _ in range(8):
+            await agent.put(b"x", key=b"k", partition=0)
+    # every batch but the last was looked at again by the next one
+    assert len(seen_by_next_batch) == len(after_release) >= 4
+    assert not any(seen_by_next_batch)  # take_events has returned them: still unacked
+    assert all(after_release)
 
 
 class RecordingConsumer:
