@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import Counter, OrderedDict
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -68,20 +69,40 @@ class GlobalView:
                 self._partition_done += [False] * extra
 
     def observe(self, partition: int, event_id: int, item: int, time: float) -> None:
+        self.observe_many(partition, [event_id], [item], [time])
+
+    def observe_many(
+        self,
+        partition: int,
+        event_ids: Sequence[int],
+        items: Sequence[int],
+        times: Sequence[float],
+    ) -> None:
+        """Events of one partition, in the partition's order (one lock and one wake-up for
+        all of them: the reader hands over what one poll returned)."""
+        if not event_ids:
+            return
         with self._advanced:
-            if item >= self._first_seen.shape[0]:
-                grown = np.full(max(item + 1, 2 * self._first_seen.shape[0]), NEVER, np.int64)
+            top_item = max(items)
+            if top_item >= self._first_seen.shape[0]:
+                grown = np.full(max(top_item + 1, 2 * self._first_seen.shape[0]), NEVER, np.int64)
                 grown[: self._first_seen.shape[0]] = self._first_seen
                 self._first_seen = grown
-            if event_id < self._first_seen[item]:
-                self._first_seen[item] = event_id
-            bucket = self.bucket(time)
-            self._buckets.setdefault(bucket, Counter())[item] += 1
-            for stale in [k for k in self._snapshots if k > bucket]:  # built too early
+            first_seen = self._first_seen
+            earliest_bucket = math.inf
+            for event_id, item, time in zip(event_ids, items, times, strict=True):
+                if event_id < first_seen[item]:
+                    first_seen[item] = event_id
+                bucket = self.bucket(time)
+                counts = self._buckets.get(bucket)
+                if counts is None:
+                    counts = self._buckets[bucket] = Counter()
+                counts[item] += 1
+                earliest_bucket = min(earliest_bucket, bucket)
+            for stale in [k for k in self._snapshots if k > earliest_bucket]:  # built too early
                 del self._snapshots[stale]
-            if event_id > self._partition_max[partition]:
-                self._partition_max[partition] = event_id
-            self.n_observed += 1
+            self._partition_max[partition] = max(self._partition_max[partition], max(event_ids))
+            self.n_observed += len(event_ids)
             self._advanced.notify_all()
 
     def end_partition(self, partition: int) -> None:

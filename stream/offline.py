@@ -42,8 +42,9 @@ def build_view(
 ) -> GlobalView:
     view = GlobalView(refresh_s=refresh_s, window_s=window_s)
     view.set_partitions(1)
-    for event in events:
-        view.observe(0, event.event_id, event.item, event.time)
+    view.observe_many(
+        0, [e.event_id for e in events], [e.item for e in events], [e.time for e in events]
+    )
     view.end_partition(0)
     return view
 

@@ -217,18 +217,28 @@ class ViewReader:
             self.view.set_partitions(len(assigned))
             while not self._stop.is_set():
                 for tp, messages in consumer.poll(timeout_ms=200).items():
-                    for message in messages:
-                        self._observe(tp.partition, message.value)
+                    self._observe(tp.partition, [message.value for message in messages])
         finally:
             consumer.close()
 
-    def _observe(self, partition: int, value: bytes | None) -> None:
-        try:
-            record = decode(value)
-        except MalformedRecord:
-            self.malformed += 1  # the agent dead-letters it; here it is simply not an event
-            return
-        if isinstance(record, EndOfStream):
+    def _observe(self, partition: int, values: Sequence[bytes | None]) -> None:
+        """One poll's records of a partition, in offset order."""
+        event_ids: list[int] = []
+        items: list[int] = []
+        times: list[float] = []
+        ended = False
+        for value in values:
+            try:
+                record = decode(value)
+            except MalformedRecord:
+                self.malformed += 1  # the agent dead-letters it; here it is simply not an event
+                continue
+            if isinstance(record, EndOfStream):
+                ended = True
+            else:
+                event_ids.append(record.event_id)
+                items.append(record.item)
+                times.append(record.time)
+        self.view.observe_many(partition, event_ids, items, times)
+        if ended:
             self.view.end_partition(partition)
-        else:
-            self.view.observe(partition, record.event_id, record.item, record.time)

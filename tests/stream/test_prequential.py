@@ -268,3 +268,26 @@ def test_incremental_popularity_snapshots_equal_from_scratch(window_s: float | N
         with view._lock:
             scratch = view.snapshot_from_scratch(day)
         np.testing.assert_array_equal(incremental[: scratch.shape[0]], scratch)
+
+
+def test_a_view_fed_in_chunks_answers_as_one_fed_event_by_event() -> None:
+    """The reader hands over one poll at a time (``observe_many``); a snapshot built between
+    two chunks must not survive a later event of its interval."""
+    rng = np.random.default_rng(1)
+    ids, items = np.arange(300), rng.integers(1, 40, size=300)
+    times = np.sort(rng.uniform(0, 10 * DAY, size=300))
+    one_by_one, chunked = GlobalView(refresh_s=DAY), GlobalView(refresh_s=DAY)
+    for view in (one_by_one, chunked):
+        view.set_partitions(1)
+    for event_id, item, time in zip(ids.tolist(), items.tolist(), times.tolist(), strict=True):
+        one_by_one.observe(0, event_id, item, time)
+    for start in range(0, 300, 37):
+        part = slice(start, start + 37)
+        chunked.observe_many(0, ids[part].tolist(), items[part].tolist(), times[part].tolist())
+        chunked.popularity(10 * DAY + 1.0)  # a snapshot of all days, ahead of the events
+    assert chunked.complete_through() == one_by_one.complete_through() == 299
+    np.testing.assert_array_equal(chunked.first_seen_ids(40), one_by_one.first_seen_ids(40))
+    for day in [10, *range(10)]:  # day 10 first: the snapshot built ahead is still cached
+        np.testing.assert_array_equal(
+            chunked.popularity(day * DAY + 1.0, 40), one_by_one.popularity(day * DAY + 1.0, 40)
+        )
