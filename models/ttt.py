@@ -255,7 +255,8 @@ def ttt_dual_scan_at(
     reach = reach.scatter_reduce(0, rows, positions, "amax")  # [B] last wanted position
     active = torch.nonzero(reach >= 0).squeeze(1)  # [A] rows still scanning, ascending
     out = xq.new_empty(rows.shape[0], xq.shape[1], xq.shape[-1])  # [N, H, Dh]
-    for start in range(0, int(reach.max()) + 1, mini_batch):
+    last_wanted = int(reach.max())  # its row stays active to the end
+    for start in range(0, last_wanted + 1, mini_batch):
         end = min(start + mini_batch, length)
         staying = reach[active] >= start  # [A]
         if not bool(staying.all()):
@@ -276,7 +277,7 @@ def ttt_dual_scan_at(
                 gamma, beta, eps,
             )  # fmt: skip
             out[wanted] = picked.squeeze(-2)
-        if end <= int(reach[active].max()):
+        if end <= last_wanted:
             fast = dual_update(fast, p, eta[..., -1, :].unsqueeze(-1))
     return out
 

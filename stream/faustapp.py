@@ -2,11 +2,12 @@
 
 ``stream.app`` builds one from ``Settings.load()`` so that ``faust -A stream.app worker`` works;
 ``create_app`` is the factory. The agent takes micro-batches (``take_events``), decodes them and
-hands the model work (``WorkerCore.process``, in child processes by default, see
-``stream.modelproc``) to a dedicated single-thread executor, which runs batches one at a time in
-order. It does not wait for the result: while the models work on one batch, Faust assembles the
-next (``PIPELINE_DEPTH`` batches at most between hand-over and completion). Each batch then
-completes after the one before it, in this order:
+hands the model work (``WorkerCore.process``) over: queued to the child processes by default
+(``stream.modelproc``), whose outputs a dedicated single-thread executor collects in order, or
+run in that executor itself (``model_processes = 0``). It does not wait for the result: while
+the models work on one batch, Faust assembles the next (``PIPELINE_DEPTH`` batches at most
+between hand-over and completion). Each batch then completes after the one before it, in this
+order:
 
 1. its prediction records are sent (one per event, every model's result in it) and the agent
    waits for the broker's acknowledgements;
@@ -180,7 +181,7 @@ class EvaluationAgent:
         self.pending_writes: dict[int, int] = {}  # user -> handed-over batches not yet written
 
     def load_models(self, bootstrap: str) -> None:
-        """Load checkpoints (before the worker starts, so a bad checkpoint fails fast): in a
+        """Load checkpoints (before the worker starts, so a bad checkpoint fails fast): in
         child processes (``model_processes``, users sharded among them) or in this one."""
         if self.settings.passthrough:
             return

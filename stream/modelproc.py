@@ -1,15 +1,16 @@
-"""The model step in a child process of its own, next to the Faust worker (``model_process``).
+"""The model step in child processes of their own, next to the Faust worker
+(``model_processes``).
 
-Why a process: the worker's event loop (aiokafka, Faust), the global-view reader and the model
+Why processes: the worker's event loop (aiokafka, Faust), the global-view reader and the model
 step share one GIL inside one process. The model step issues thousands of short torch calls per
 batch; each hands the GIL over and waits to get it back, so on a small CPU the worker used one
-core while the other sat idle (docs/streaming.md, "The model step in its own process"). Here the
-child holds the ``WorkerCore`` (models, decoded user snapshots) and the ``ViewReader`` that feeds
-its global view; the agent sends each micro-batch over a pipe from its dedicated executor thread
-and gets the ``BatchOutput`` back. The arithmetic is the same code on the same inputs, so the
-results are identical to the in-thread core.
+core while the other sat idle (docs/streaming.md, "Where the model step runs"). Here each child
+holds a ``WorkerCore`` (models, decoded snapshots of its users) and the ``ViewReader`` that feeds
+its global view; a sender thread per child writes the agent's batches to its pipe, and the
+agent's executor thread collects the ``BatchOutput``s in order. The arithmetic is the same code
+on the same inputs, so the results equal the in-thread core's.
 
-Lifetime: the child starts when the app is created (a bad checkpoint fails the worker before it
+Lifetime: a child starts when the app is created (a bad checkpoint fails the worker before it
 joins the group), starts its view reader when asked, and ends when the worker ends: on a pipe
 closed from the other side (a worker killed with -9 closes it), on the parent's death signal
 (Linux), or on ``stop``. It ignores SIGINT: a Ctrl-C reaches the whole process group, and the
@@ -18,7 +19,6 @@ worker decides what happens to a batch in flight.
 
 from __future__ import annotations
 
-import logging
 import multiprocessing
 import queue
 import signal
@@ -34,7 +34,6 @@ from stream.processes import die_with_parent
 from stream.settings import Settings
 from stream.worker import BatchOutput, ViewReader, build_core
 
-log = logging.getLogger(__name__)
 START_TIMEOUT_S = 300.0  # loading checkpoints (DARec reads a language model) can take a while
 STOP_TIMEOUT_S = 5.0
 
