@@ -46,6 +46,7 @@ from faust.streams import Stream, _current_event
 from faust.tables import TableManager
 from faust.tables.recovery import Recovery
 from faust.types import EventT
+from faust.utils.terminal.spinners import SpinnerHandler
 
 from replay.schema import EndOfStream, Interaction, MalformedRecord, decode, user_key
 from stream.bootstrap import resolve_bootstrap
@@ -323,6 +324,22 @@ class EvaluationAgent:
         await sent
 
 
+def drop_start_up_spinner_logging(root: logging.Logger | None = None) -> None:
+    """Undo what Faust's start-up spinner does to logging. With a level of WARN or above, the
+    worker turns the spinner once per log record: it adds a DEBUG handler to the root logger,
+    lowers the root level to DEBUG and leaves both there after start-up. Every ``log.debug``
+    in aiokafka and Faust then builds a record that no other handler prints (one per record
+    sent): 5-8 % of the worker's CPU at full speed. The root level goes back to the lowest
+    level the other handlers pass, which is the ``-l`` level."""
+    logger = logging.getLogger() if root is None else root
+    spinners = [h for h in logger.handlers if isinstance(h, SpinnerHandler)]
+    for handler in spinners:
+        logger.removeHandler(handler)
+    levels = [h.level for h in logger.handlers]
+    if spinners and levels and min(levels) > logging.NOTSET:
+        logger.setLevel(min(levels))
+
+
 def _exit_for_redelivery() -> NoReturn:
     """End the worker on an unexpected error (inside ``except``): Faust would otherwise restart
     the agent past the batch's unacked events."""
@@ -387,6 +404,7 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.task
     async def _start_view() -> None:
+        drop_start_up_spinner_logging()
         agent.start_view()  # the reader starts reading while the group is still joining
 
     @app.agent(interactions, name="evaluate")

@@ -8,6 +8,7 @@ pipelined agent's deferred ack)."""
 from __future__ import annotations
 
 import gc
+import logging
 from collections.abc import AsyncIterator
 from typing import cast
 
@@ -20,6 +21,7 @@ from stream.faustapp import (
     OffsetGaps,
     SeekBeforeFetchRecovery,
     SeekBeforeFetchTableManager,
+    drop_start_up_spinner_logging,
     write_in_event_context,
 )
 
@@ -153,3 +155,19 @@ def test_offset_gaps_counts_offsets_skipped_within_a_generation() -> None:
     assert gaps.observe("in", 0, 2, 30) == 0  # a new generation starts at its committed offset
     assert gaps.observe("in", 0, 2, 32) == 1
     assert gaps.missing == 3
+
+
+def test_the_start_up_spinner_no_longer_enables_debug_records(app: faust.App) -> None:
+    # a stand-in root logger, configured as `faust ... -l warn worker` configures the real one
+    root = logging.Logger("stand-in-root")
+    console = logging.StreamHandler()
+    console.setLevel(logging.WARNING)
+    root.addHandler(console)
+    worker = faust.Worker(app, loglevel="warn")
+    worker.on_setup_root_logger(root, logging.WARNING)
+    assert root.isEnabledFor(logging.DEBUG)  # what Faust leaves behind: a record per debug call
+
+    drop_start_up_spinner_logging(root)
+
+    assert root.handlers == [console]
+    assert root.level == logging.WARNING and not root.isEnabledFor(logging.INFO)
