@@ -16,15 +16,6 @@ Streaming (predict, then score, then update; one event per user per call)::
 
 ``hidden`` after consuming event t ranks the candidates for event t+1. ``adapt=False`` runs the
 same step with test-time adaptation switched off (the ``frozen`` variant in streaming runs).
-
-Continuing a window (models whose ``empty_prefix`` is not None: SASRec, TTT4Rec)::
-
-    prefix = model.empty_prefix(n_users)       # covers nothing
-    hidden, prefix = model.extend(prefix, items, times, lengths, rows, positions)
-
-A *prefix* is what encoding the first items of a window leaves for encoding the items after
-them (SASRec: every layer's keys and values; TTT4Rec: the fast weights at the last mini-batch
-boundary), so a streaming worker encodes only a user's new items while the window has not slid.
 """
 
 from __future__ import annotations
@@ -69,34 +60,6 @@ class SeqRecModel(nn.Module, ABC):
         outputs need (streaming reads one position of each window)."""
         return self(items, times)[rows, positions]
 
-    def empty_prefix(self, n_users: int) -> Prefix | None:
-        """The prefix of ``n_users`` empty windows; None for a model that cannot ``extend``."""
-        return None
-
-    def prefix_covers(self, length: int) -> int:
-        """How many leading items of a ``length``-item window the prefix ``extend`` returns
-        after it covers (the items after them are encoded again by the next ``extend``)."""
-        return length
-
-    def extend(
-        self,
-        prefix: Prefix,
-        items: Tensor,
-        times: Tensor,
-        lengths: Tensor,
-        rows: Tensor,
-        positions: Tensor,
-    ) -> tuple[Tensor, Prefix]:
-        """Encode the items that follow each row's prefix: items/times [B, T] (right-padded),
-        lengths [B] real items in each row -> (outputs at N (row, position) pairs [N, D], the
-        prefix after every row's real items). ``positions`` count from the prefix's end.
-
-        Equals ``hidden_at`` over the whole windows (covered items, then ``items``) at
-        positions ``prefix.length[rows] + positions``; the new prefix covers
-        ``prefix_covers(prefix.length + lengths)`` items. Only for un-slid windows:
-        ``prefix.length + lengths`` must not exceed ``config.max_len``."""
-        raise NotImplementedError(f"{self.name} cannot continue a window")
-
     def score(self, hidden: Tensor) -> Tensor:
         """Full-catalogue scores through the tied item embedding; padding gets -inf."""
         scores = hidden @ self.item_embedding.weight.T  # [..., I]
@@ -139,14 +102,6 @@ class SeqRecModel(nn.Module, ABC):
     @property
     def device(self) -> torch.device:
         return self.item_embedding.weight.device
-
-
-@dataclass
-class Prefix(State):
-    """Base of the models' prefixes; ``length`` [U] is how many leading window items each
-    user's prefix covers."""
-
-    length: Tensor  # [U] int64
 
 
 def last_positions(hidden: Tensor, lengths: Tensor) -> Tensor:

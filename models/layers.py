@@ -78,33 +78,6 @@ class CausalSelfAttention(nn.Module):
         )  # [N, H, 1, Dh]
         return self.out(context.reshape(-1, width))  # [N, D]
 
-    def extend(
-        self, x: Tensor, keys: Tensor, values: Tensor, start: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Attention for rows that continue a cached prefix: x [B, T, D] at positions
-        ``start + t`` (start [B]), keys/values [B, H, L, Dh] of the earlier positions (what
-        lies at or after ``start`` is ignored) -> (output [B, T, D], keys and values with the
-        new positions written). A padded position may write past the row's real end (later
-        ignored the same way) but never past L."""
-        batch, length, width = x.shape
-        heads = (batch, length, self.n_heads, width // self.n_heads)
-        q = self.query(x).view(heads).transpose(1, 2)  # [B, H, T, Dh]
-        k = self.key(x).view(heads).transpose(1, 2)  # [B, H, T, Dh]
-        v = self.value(x).view(heads).transpose(1, 2)  # [B, H, T, Dh]
-        slots = keys.shape[2]
-        at = start.unsqueeze(1) + torch.arange(length, device=x.device)  # [B, T]
-        fits = at < slots  # [B, T]
-        row, step = torch.nonzero(fits, as_tuple=True)
-        keys, values = keys.clone(), values.clone()
-        keys[row, :, at[row, step]] = k[row, :, step]
-        values[row, :, at[row, step]] = v[row, :, step]
-        visible = torch.arange(slots, device=x.device) <= at.unsqueeze(2)  # [B, T, L]
-        dropout = self.attn_dropout if self.training else 0.0
-        context = F.scaled_dot_product_attention(
-            q, keys, values, attn_mask=visible.unsqueeze(1), dropout_p=dropout
-        )  # [B, H, T, Dh]
-        return self.out(context.transpose(1, 2).reshape(batch, length, width)), keys, values
-
 
 class PostNormTransformerLayer(nn.Module):
     """RecBole ``TransformerLayer``: attention -> dropout -> LN(x + .) -> FFN -> LN(x + .)."""
@@ -131,16 +104,6 @@ class PostNormTransformerLayer(nn.Module):
         x_at = self.attn_norm(x[rows, positions] + self.dropout(attended))  # [N, D]
         ffn = self.ffn_out(F.gelu(self.ffn_in(x_at)))  # [N, D]
         return self.ffn_norm(x_at + self.dropout(ffn))  # [N, D]
-
-    def extend(
-        self, x: Tensor, keys: Tensor, values: Tensor, start: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """``forward`` for positions continuing a cached prefix (``CausalSelfAttention.extend``)
-        -> (output [B, T, D], updated keys, values)."""
-        attended, keys, values = self.attention.extend(x, keys, values, start)
-        x = self.attn_norm(x + self.dropout(attended))  # [B, T, D]
-        ffn = self.ffn_out(F.gelu(self.ffn_in(x)))  # [B, T, D]
-        return self.ffn_norm(x + self.dropout(ffn)), keys, values
 
 
 def rope_angles(positions: Tensor, head_dim: int, base: float) -> tuple[Tensor, Tensor]:

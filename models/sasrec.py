@@ -19,7 +19,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from models.base import Prefix, SeqRecConfig
+from models.base import SeqRecConfig
 from models.layers import PostNormTransformerLayer, init_normal_
 from models.registry import register
 from models.ttt4rec import WindowModel
@@ -39,19 +39,9 @@ class SASRecConfig(SeqRecConfig):
             raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
 
 
-@dataclass
-class KeyValuePrefix(Prefix):
-    """Every layer's attention keys and values at the covered positions (slots past
-    ``length`` hold nothing meaningful)."""
-
-    keys: Tensor  # [U, N, H, L, Dh]
-    values: Tensor  # [U, N, H, L, Dh]
-
-
 @register(SASRecConfig)
 class SASRec(WindowModel):
     name: ClassVar[str] = "sasrec"
-    config: SASRecConfig
 
     def __init__(self, config: SASRecConfig) -> None:
         super().__init__()
@@ -77,15 +67,12 @@ class SASRec(WindowModel):
         with torch.no_grad():
             self.item_embedding.weight[0].zero_()
 
-    def embed(self, items: Tensor, start: Tensor | None = None) -> Tensor:
-        """items [B, T] at positions ``start + t`` (start [B], default 0) -> [B, T, D]."""
+    def embed(self, items: Tensor) -> Tensor:
         length = items.shape[1]
-        if start is None and length > self.config.max_len:
+        if length > self.config.max_len:
             raise ValueError(f"sequence length {length} exceeds max_len {self.config.max_len}")
-        positions = torch.arange(length, device=items.device)  # [T]
-        if start is not None:  # padding past max_len takes the last position (never read)
-            positions = (start.unsqueeze(1) + positions).clamp(max=self.config.max_len - 1)
-        x = self.item_embedding(items) + self.position_embedding(positions)  # [B, T, D]
+        positions = torch.arange(length, device=items.device)  # [L]
+        x = self.item_embedding(items) + self.position_embedding(positions)  # [B, L, D]
         return self.dropout(self.input_norm(x))
 
     def forward(self, items: Tensor, times: Tensor) -> Tensor:
@@ -100,37 +87,3 @@ class SASRec(WindowModel):
         for layer in early:
             x = layer(x)
         return last.forward_at(x, rows, positions)  # [N, D]
-
-    def empty_prefix(self, n_users: int) -> KeyValuePrefix:
-        c = self.config
-        shape = (n_users, c.n_layers, c.n_heads, c.max_len, c.d_model // c.n_heads)
-        weight = self.item_embedding.weight
-        return KeyValuePrefix(
-            length=torch.zeros(n_users, dtype=torch.long, device=weight.device),
-            keys=weight.new_zeros(shape),
-            values=weight.new_zeros(shape),
-        )
-
-    def extend(
-        self,
-        prefix: Prefix,
-        items: Tensor,
-        times: Tensor,
-        lengths: Tensor,
-        rows: Tensor,
-        positions: Tensor,
-    ) -> tuple[Tensor, KeyValuePrefix]:
-        if not isinstance(prefix, KeyValuePrefix):
-            raise TypeError(f"SASRec cannot extend a {type(prefix).__name__}")
-        x = self.embed(items, prefix.length)  # [B, T, D]
-        keys, values = [], []
-        for index, layer in enumerate(self.transformer_layers):
-            x, k, v = layer.extend(x, prefix.keys[:, index], prefix.values[:, index], prefix.length)
-            keys.append(k)
-            values.append(v)
-        extended = KeyValuePrefix(
-            length=prefix.length + lengths,
-            keys=torch.stack(keys, dim=1),
-            values=torch.stack(values, dim=1),
-        )
-        return x[rows, positions], extended  # [N, D]

@@ -212,20 +212,16 @@ def ttt_dual_scan(
     gamma: Tensor,
     beta: Tensor,
     eps: float,
-    complete: Tensor | None = None,
 ) -> tuple[Tensor, FastWeights]:
     """Whole sequence in mini-batches of K = len(scales): xq/xk/xv [..., L, Dh], sigma [..., L].
 
     A trailing partial mini-batch uses the first scales (i = 0, 1, ...), as the authors' code does.
-    Returns (outputs [..., L, Dh], weights): the weights after the last mini-batch or, with
-    ``complete`` [B] (xq [B, H, L, Dh]), each row's weights after its first ``complete[b]``
-    mini-batches (0: ``fast``), which is where a row continues when more tokens follow them.
+    Returns (outputs [..., L, Dh], weights after the last mini-batch).
     """
     mini_batch = scales.shape[0]
     length = xq.shape[-2]
     outputs = []
-    kept = fast
-    for number, start in enumerate(range(0, length, mini_batch), start=1):
+    for start in range(0, length, mini_batch):
         end = min(start + mini_batch, length)
         eta = scales[: end - start, None] * sigma[..., None, start:end]  # [..., k, k]
         fast, out = ttt_dual_minibatch(
@@ -233,9 +229,7 @@ def ttt_dual_scan(
             gamma, beta, eps,
         )  # fmt: skip
         outputs.append(out)
-        if complete is not None:
-            kept = _where_rows(complete == number, fast, kept)
-    return torch.cat(outputs, dim=-2), fast if complete is None else kept
+    return torch.cat(outputs, dim=-2), fast
 
 
 def ttt_dual_scan_at(
@@ -286,11 +280,6 @@ def ttt_dual_scan_at(
         if end <= last_wanted:
             fast = dual_update(fast, p, eta[..., -1, :].unsqueeze(-1))
     return out
-
-
-def _where_rows(rows: Tensor, new: FastWeights, old: FastWeights) -> FastWeights:
-    """Per-row weights [B, H, ...]: ``new`` where rows [B] is True, else ``old``."""
-    return new.zip_map(old, lambda a, b: torch.where(rows.view(-1, *[1] * (a.dim() - 1)), a, b))
 
 
 def _take_rows(fast: FastWeights, rows: Tensor) -> FastWeights:

@@ -27,7 +27,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from models.base import Prefix, SeqRecConfig, SeqRecModel, last_positions
+from models.base import SeqRecConfig, SeqRecModel, last_positions
 from models.layers import RMSNorm, SwiGLU, apply_rope_interleaved, init_normal_, rope_angles
 from models.registry import register
 from models.state import State
@@ -108,26 +108,6 @@ class TTTLinearState(State):
 
 
 RecurrentState = TTTMLPState | TTTLinearState
-
-
-@dataclass
-class TTTMLPPrefix(Prefix):
-    """Windowed TTT-MLP: the fast weights at the window's last covered mini-batch boundary
-    (``length``, a multiple of the mini-batch size), per layer and head."""
-
-    W1: Tensor  # [U, N, H, Dh, F]
-    b1: Tensor  # [U, N, H, 1, F]
-    W2: Tensor  # [U, N, H, F, Dh]
-    b2: Tensor  # [U, N, H, 1, Dh]
-
-
-@dataclass
-class TTTLinearPrefix(Prefix):
-    W1: Tensor  # [U, N, H, Dh, Dh]
-    b1: Tensor  # [U, N, H, 1, Dh]
-
-
-FastPrefix = TTTMLPPrefix | TTTLinearPrefix
 
 
 def window_push(state: WindowState, items: Tensor, times: Tensor) -> WindowState:
@@ -224,22 +204,15 @@ class TTTLayer(nn.Module):
 
     def forward(self, xn: Tensor) -> Tensor:
         """Dual form over a whole batch of sequences: xn [B, L, D] -> [B, L, D]."""
-        return self.extend(xn, self.initial_fast())[0]
-
-    def extend(
-        self, xn: Tensor, fast: FastWeights, complete: Tensor | None = None
-    ) -> tuple[Tensor, FastWeights]:
-        """The dual form from weights ``fast`` at a mini-batch boundary (shared [H, ...] or per
-        row [B, H, ...]): xn [B, T, D] -> (outputs [B, T, D], weights after the last
-        mini-batch, or after each row's first ``complete[b]`` mini-batches)."""
         length = xn.shape[1]
-        positions = torch.arange(length, device=xn.device) % self.config.mini_batch  # [T]
-        q, k, v, sigma = self.views(xn, positions)  # [B, H, T, Dh], sigma [B, H, T]
-        z, kept = ttt_dual_scan(
-            fast, q, k, v, sigma, token_scales(self.token_offsets),
-            self.ttt_norm_weight, self.ttt_norm_bias, self.inner_eps, complete,
+        positions = torch.arange(length, device=xn.device) % self.config.mini_batch  # [L]
+        q, k, v, sigma = self.views(xn, positions)  # [B, H, L, Dh], sigma [B, H, L]
+        scales = token_scales(self.token_offsets)  # [K]
+        z, _ = ttt_dual_scan(
+            self.initial_fast(), q, k, v, sigma, scales,
+            self.ttt_norm_weight, self.ttt_norm_bias, self.inner_eps,
         )  # fmt: skip
-        return self.output(z), kept
+        return self.output(z)
 
     def forward_at(self, xn: Tensor, rows: Tensor, positions: Tensor) -> Tensor:
         """``forward(xn)[rows, positions]`` ([N, D]), scanning each row only as far as needed."""
@@ -282,12 +255,6 @@ class TTTBlock(nn.Module):
         """``forward(x)[rows, positions]`` ([N, D]); the FFN runs at those positions only."""
         x_at = x[rows, positions] + self.ttt.forward_at(self.seq_norm(x), rows, positions)
         return x_at + self.ffn(self.ffn_norm(x_at))
-
-    def extend(self, x: Tensor, fast: FastWeights, complete: Tensor) -> tuple[Tensor, FastWeights]:
-        """``forward`` from per-row weights at a mini-batch boundary (``TTTLayer.extend``)."""
-        mixed, kept = self.ttt.extend(self.seq_norm(x), fast, complete)
-        x = x + mixed  # [B, T, D]
-        return x + self.ffn(self.ffn_norm(x)), kept
 
     def step(
         self, x: Tensor, fast: FastWeights, accum: FastWeights, index: Tensor
@@ -349,61 +316,14 @@ class TTT4Rec(SeqRecModel):
 
     def fresh_recurrent(self, n_users: int) -> RecurrentState:
         """Every user at the learned W0, empty accumulators, in-mini-batch index 0."""
-        tiled = self._initial_fast_per_user(n_users)
-        zeros = [torch.zeros_like(p) for p in tiled]
-        position = torch.zeros(n_users, dtype=torch.long, device=self.device)
-        return self._recurrent_state([*tiled, *zeros, position])
-
-    def _initial_fast_per_user(self, n_users: int) -> list[Tensor]:
-        """The learned W0 of every layer, per part [U, N, H, ...]."""
         per_layer = [block.ttt.initial_fast().parts() for block in self.ttt_blocks]
         fast = [
             torch.stack(list(parts)).detach() for parts in zip(*per_layer, strict=True)
         ]  # [N, H, ...]
-        return [p.unsqueeze(0).expand(n_users, *p.shape).clone() for p in fast]
-
-    # -- continuing a window (windowed policy) ------------------------------------------------
-
-    def empty_prefix(self, n_users: int) -> FastPrefix | None:
-        if self.config.policy != "windowed":
-            return None
-        length = torch.zeros(n_users, dtype=torch.long, device=self.device)
-        return self._prefix(length, self._initial_fast_per_user(n_users))
-
-    def prefix_covers(self, length: int) -> int:
-        return length - length % self.config.mini_batch  # the last mini-batch boundary
-
-    def extend(
-        self,
-        prefix: Prefix,
-        items: Tensor,
-        times: Tensor,
-        lengths: Tensor,
-        rows: Tensor,
-        positions: Tensor,
-    ) -> tuple[Tensor, FastPrefix]:
-        if not isinstance(prefix, (TTTMLPPrefix, TTTLinearPrefix)):
-            raise TypeError(f"TTT4Rec cannot extend a {type(prefix).__name__}")
-        mini_batch = self.config.mini_batch
-        if bool((prefix.length % mini_batch).any()):
-            raise ValueError(f"TTT4Rec prefixes end at a multiple of {mini_batch} items")
-        complete = lengths // mini_batch  # [B] mini-batches each row completes
-        parts = [t for name, t in prefix.tensors().items() if name != "length"]  # [B, N, H, ..]
-        x = self.embed(items)  # [B, T, D]
-        kept_per_layer: list[list[Tensor]] = []
-        for layer, block in enumerate(self.ttt_blocks):
-            fast = FastWeights.from_parts([p[:, layer] for p in parts])  # [B, H, ...]
-            x, kept = block.extend(x, fast, complete)
-            kept_per_layer.append(kept.parts())
-        extended = self._prefix(
-            prefix.length + complete * mini_batch, _stack_layers(kept_per_layer)
-        )
-        return self.final_norm(x[rows, positions]), extended
-
-    def _prefix(self, length: Tensor, parts: list[Tensor]) -> FastPrefix:
-        kind = TTTMLPPrefix if self.config.inner == "mlp" else TTTLinearPrefix
-        names = [f.name for f in fields(kind) if f.name != "length"]
-        return kind(length=length, **dict(zip(names, parts, strict=True)))
+        tiled = [p.unsqueeze(0).expand(n_users, *p.shape).clone() for p in fast]  # [U, N, H, ..]
+        zeros = [torch.zeros_like(p) for p in tiled]
+        position = torch.zeros(n_users, dtype=torch.long, device=self.device)
+        return self._recurrent_state([*tiled, *zeros, position])
 
     def _recurrent_state(self, tensors: list[Tensor]) -> RecurrentState:
         """Fast parts, accumulator parts, position -> the state type of the inner model."""

@@ -28,7 +28,6 @@ VARIANTS: dict[str, list[dict[str, Any]]] = {
         {"adapters": "none,lora4,serial16,parallel32,lora16,serial64"},
     ],
     "ttt4rec": [
-        {"inner": "linear"},
         {"policy": "recurrent"},
         {"policy": "recurrent", "inner": "linear"},
         {"policy": "recurrent", "in_place": True},
@@ -143,37 +142,3 @@ def test_seeded_determinism(name: str, overrides: dict[str, Any]) -> None:
         state_b, out_b = second.step(second.init_state(2), items[:, 0], times[:, 0])
     assert torch.equal(out_a, out_b)
     assert encode_state(state_a, first.name, "x") == encode_state(state_b, second.name, "x")
-
-
-@pytest.mark.parametrize(("name", "overrides"), CASES)
-def test_extend_in_pieces_equals_forward(name: str, overrides: dict[str, Any]) -> None:
-    """Encoding windows piece by piece from the prefix each piece leaves (the streaming fast
-    path while a window has not slid) against the full forward over the whole windows."""
-    model = tiny_model(name, overrides).double()
-    prefix = model.empty_prefix(3)
-    if prefix is None:
-        pytest.skip(f"{name} {overrides} cannot continue a window")
-    items, times = batch(3, TINY["max_len"])
-    with torch.no_grad():
-        expected = model(items, times)  # [3, L, D]
-        done = [0, 0, 0]  # items each row has fed
-        for pieces in ([1, 5, 0], [4, 3, 12], [2, 4, 0], [5, 0, 0]):
-            start = prefix.length.tolist()
-            lengths = torch.tensor([done[r] + pieces[r] - start[r] for r in range(3)])
-            width = max(int(lengths.max()), 1)
-            chunk = torch.zeros(3, width, dtype=torch.long)
-            chunk_times = torch.zeros(3, width, dtype=torch.float64)
-            for row, (begin, count) in enumerate(zip(start, pieces, strict=True)):
-                # what the prefix does not cover is fed again, then the new items
-                end = done[row] + count
-                chunk_row = items[row, begin:end]
-                chunk[row, : len(chunk_row)] = chunk_row
-                chunk_times[row, : len(chunk_row)] = times[row, begin:end]
-            rows = torch.tensor([r for r in range(3) for _ in range(int(lengths[r]))])
-            local = torch.tensor([t for r in range(3) for t in range(int(lengths[r]))])
-            hidden, prefix = model.extend(prefix, chunk, chunk_times, lengths, rows, local)
-            assert_close(
-                hidden, expected[rows, torch.tensor(start)[rows] + local], atol=1e-12, rtol=1e-12
-            )
-            done = [d + c for d, c in zip(done, pieces, strict=True)]
-            assert prefix.length.tolist() == [model.prefix_covers(d) for d in done]
