@@ -1,8 +1,9 @@
-"""kill -9 the worker mid-stream, start a new one: the final predictions and every user's state
-are those of an uninterrupted replay (the offline replay of the same pure function, which the
-pipeline tests show the uninterrupted Kafka path equals): predictions exactly, user snapshots
-exactly in their integer parts (last event id, seen items, windows) and to float64 rounding in
-their float parts (batched kernels may change the last bits with the batch shape)."""
+"""kill -9 the worker mid-stream (or stop it with SIGTERM), start a new one: the final
+predictions and every user's state are those of an uninterrupted replay (the offline replay of
+the same pure function, which the pipeline tests show the uninterrupted Kafka path equals):
+predictions exactly, user snapshots exactly in their integer parts (last event id, seen items,
+windows) and to float64 rounding in their float parts (batched kernels may change the last bits
+with the batch shape)."""
 
 from __future__ import annotations
 
@@ -51,9 +52,12 @@ def _changelog(bootstrap: str, topic: str, timeout_s: float = 30.0) -> dict[byte
         consumer.close()
 
 
-def test_kill_minus_nine_mid_stream_then_restart_gives_identical_results(
-    tmp_path: Path, unique_name: Callable[[str], str], kafka_bootstrap: str
+@pytest.mark.parametrize("stop", ["kill -9", "SIGTERM"])
+def test_stop_mid_stream_then_restart_gives_identical_results(
+    tmp_path: Path, unique_name: Callable[[str], str], kafka_bootstrap: str, stop: str
 ) -> None:
+    """SIGTERM is a clean stop: the worker finishes the batches it has taken (their predictions,
+    snapshots and acks) and exits 0."""
     log = generate(SyntheticConfig(users=40, items=50, events=700, topics=4, span_days=6, seed=9))
     checkpoints = tmp_path / "checkpoints"
     tiny_checkpoints(checkpoints, log, ["sasrec", "ttt4rec"])
@@ -62,6 +66,7 @@ def test_kill_minus_nine_mid_stream_then_restart_gives_identical_results(
     )
     total = log.events.height
     killed_at: list[int] = []
+    exit_codes: list[int | None] = []
 
     def kill_and_restart(topic: str, running: list[RunningGroup]) -> None:
         group = running[0]
@@ -71,7 +76,10 @@ def test_kill_minus_nine_mid_stream_then_restart_gives_identical_results(
             while time.monotonic() < deadline:
                 done = group.sink.state.per_model.get("ttt4rec", 0)
                 if done >= total // 4:
-                    group.processes[0].kill()
+                    if stop == "SIGTERM":  # out of the group first: its exit is no failure
+                        exit_codes.append(group.processes.pop(0).stop(timeout_s=60))
+                    else:
+                        group.processes[0].kill()
                     killed_at.append(done)
                     restarted = WorkerProcess(group.settings, tmp_path / "b4" / "workers", "again")
                     group.processes.append(restarted.start())
@@ -89,7 +97,9 @@ def test_kill_minus_nine_mid_stream_then_restart_gives_identical_results(
         replay_options={"speed": parse_speed("90000x")},
         before_replay=kill_and_restart,
     )
-    assert killed_at and killed_at[0] < total, "the worker was not killed mid-stream"
+    assert killed_at and killed_at[0] < total, "the worker was not stopped mid-stream"
+    if stop == "SIGTERM":
+        assert exit_codes == [0], (tmp_path / "b4" / "workers" / "worker-0.log").read_text()
     for worker_log in (tmp_path / "b4" / "workers").glob("*.log"):
         assert "never reached the agent" not in worker_log.read_text(errors="replace")
     assert result.state.complete()
