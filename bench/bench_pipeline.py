@@ -18,7 +18,10 @@ Throughput is measured in the steady state: 80 % of the events over the time bet
 start-up and group join do not count. Latency is produced -> prediction written per event; at
 ``--speed max`` it is dominated by the backlog (every event is produced within a second).
 Memory per user is the size of the serialized user snapshot (the table value) and of each model's
-state, averaged over the users.
+state, averaged over the users. CPU per event is the CPU time (user + system, from ``/proc``) each
+part of a run used over the run, divided by its events: the worker's main process, its model
+processes, this process (replayer and sink) and the broker. On a machine with few cores the
+parts compete, so their sum, not the worker's alone, sets the throughput.
 
     python bench/bench_pipeline.py                       # synthetic, 6000 events, CPU
     python bench/bench_pipeline.py --ttt4rec-policies windowed --dtype float32
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import statistics
 import sys
@@ -48,7 +52,7 @@ from replay.pacing import parse_speed
 from replay.synthetic import SyntheticConfig, generate
 from stream.broker import EmbeddedBroker
 from stream.offline import evaluate_offline, interactions
-from stream.pipeline import Group, run_pipeline
+from stream.pipeline import Group, RunningGroup, run_pipeline
 from stream.prequential import ScoringOptions
 from stream.runners import SeqRecRunner
 from stream.settings import Settings
@@ -90,6 +94,65 @@ def measure(out_dir: Path, model: str, settle_s: float | None = None) -> dict[st
         "latency_p50_ms": float(latency.quantile(0.5) or float("nan")),
         "latency_p99_ms": float(latency.quantile(0.99) or float("nan")),
     }
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a live process (all its threads), 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+
+
+def child_pids(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+class CpuMeter:
+    """CPU seconds per event of each part of one run in its steady state: between the samples
+    at which the sink had 10 % and 90 % of the events (``sample`` is the pipeline's progress
+    callback, called every 0.1 s), so start-up (imports, model loading) does not count."""
+
+    def __init__(self, broker_pid: int | None, events: int) -> None:
+        self.broker_pid = broker_pid
+        self.events = events
+        self.first: tuple[int, dict[str, float]] | None = None  # (events done, CPU s per part)
+        self.last: tuple[int, dict[str, float]] | None = None
+
+    def sample(self, running: list[RunningGroup]) -> None:
+        counts = [min(g.sink.state.per_model.values(), default=0) for g in running]
+        done = min(counts, default=0)
+        if done < 0.1 * self.events or (self.last is not None and done > 0.9 * self.events):
+            return
+        workers = [p.pid for group in running for p in group.processes if p.pid is not None]
+        children = [c for pid in workers for c in child_pids(pid)]
+        used = {
+            "worker": sum(cpu_seconds(pid) for pid in workers),
+            "model processes": sum(cpu_seconds(pid) for pid in children),
+            "bench": time.process_time(),
+            "broker": 0.0 if self.broker_pid is None else cpu_seconds(self.broker_pid),
+        }
+        if self.first is None:
+            self.first = (done, used)
+        self.last = (done, used)
+
+    def per_event_ms(self) -> dict[str, float]:
+        if self.first is None or self.last is None or self.last[0] <= self.first[0]:
+            return {}
+        events = self.last[0] - self.first[0]
+        parts = {
+            f"cpu_ms_per_event {part}": (self.last[1][part] - seconds) * 1000.0 / events
+            for part, seconds in self.first[1].items()
+        }
+        parts["cpu_ms_per_event total"] = sum(parts.values())
+        return parts
 
 
 def memory_per_user(log: InteractionLog, settings: Settings) -> dict[str, float]:
@@ -169,12 +232,15 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, float]] = {}
     stamp = int(time.time())
     runs = [("passthrough", True, policies[0])] + [(f"models[{p}]", False, p) for p in policies]
+    cpu: dict[str, dict[str, float]] = {}  # run -> CPU ms per event of each part
     passthrough_rates: list[float] = []
     model_rates: dict[str, list[float]] = {policy: [] for policy in policies}
     # interleaved, so that a slow spell of the machine hits both sides; a fresh broker each
     # time (the embedded broker keeps every topic in memory and slows as they pile up)
     for repetition in range(args.repeat):
-        with EmbeddedBroker(port=0) as bootstrap:
+        broker = EmbeddedBroker(port=0)
+        with broker as bootstrap:
+            broker_pid = None if broker.process is None else broker.process.pid
             for label, passthrough, policy in runs:
                 tag = label.replace("[", "-").replace("]", "") + f"-{repetition}"
                 settings = Settings(
@@ -189,12 +255,16 @@ def main(argv: list[str] | None = None) -> int:
                     }
                 )
                 out = work / tag
-                result = run_pipeline(log, [Group(settings, out)], bootstrap, timeout_s=3000)
+                meter = CpuMeter(broker_pid, log.events.height)
+                result = run_pipeline(
+                    log, [Group(settings, out)], bootstrap, timeout_s=3000, progress=meter.sample
+                )
                 assert result.state.complete(), result.state.summary()
                 name = label if args.repeat == 1 else f"{label} #{repetition + 1}"
                 models = ["passthrough"] if passthrough else list(settings.models)
                 for model in models:
                     results[f"{name}:{model}"] = measure(out, model)
+                cpu[name] = meter.per_event_ms()
                 rate = results[f"{name}:{models[-1]}"]["events_per_s"]
                 (passthrough_rates if passthrough else model_rates[policy]).append(rate)
     with EmbeddedBroker(port=0) as bootstrap:
@@ -253,8 +323,15 @@ def main(argv: list[str] | None = None) -> int:
               f" (target >= 0.5){each}")  # fmt: skip
     for name, value in memory.items():
         print(f"memory {name}: {value:,.0f} B")
+    parts = ["worker", "model processes", "bench", "broker", "total"]
+    print(f"\nCPU ms per event, steady state (bench: this process: replayer and sink)\n{'run':<28}"
+          + "".join(f"{part:>17}" for part in parts))  # fmt: skip
+    for name, row in cpu.items():
+        print(f"{name:<28}" + "".join(
+            f"{row.get(f'cpu_ms_per_event {part}', float('nan')):>17.3f}" for part in parts
+        ))  # fmt: skip
     if args.json:
-        numbers = {"results": results, "memory": memory, "ratios": ratios,
+        numbers = {"results": results, "memory": memory, "ratios": ratios, "cpu": cpu,
                    "ratio_runs": ratio_runs, "args": vars(args)}  # fmt: skip
         args.json.write_text(json.dumps(numbers, default=str, indent=2))
     return 0
