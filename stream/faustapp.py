@@ -403,7 +403,7 @@ def create_app(settings: Settings) -> faust.App:
     app.evaluation = agent  # type: ignore[attr-defined]
 
     @app.task
-    async def _start_view() -> None:
+    async def _on_start() -> None:
         drop_start_up_spinner_logging()
         agent.start_view()  # the reader starts reading while the group is still joining
 
