@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import polars as pl
 
+from stream.metrics import hit_at, ndcg_at, reciprocal_rank
 from stream.records import HIT_KS, NDCG_KS, Prediction
 
 PREDICTION_SCHEMA: dict[str, pl.DataType] = {
@@ -76,35 +79,39 @@ WINDOW_SCHEMA: dict[str, pl.DataType] = {
 def prediction_rows(
     predictions: Sequence[Prediction], written_ms: Sequence[float | None] | None = None
 ) -> pl.DataFrame:
-    columns: dict[str, list[object]] = {name: [] for name in PREDICTION_SCHEMA}
+    columns: dict[str, list[Any]] = {name: [] for name in PREDICTION_SCHEMA}
     for position, p in enumerate(predictions):
-        written = None if written_ms is None else written_ms[position]
-        columns["model"].append(p.model)
-        columns["event_id"].append(p.event_id)
-        columns["user"].append(p.user)
-        columns["item"].append(p.item)
-        columns["time"].append(p.time)
-        columns["rank"].append(p.rank)
-        columns["n_candidates"].append(p.n_candidates)
-        for k in HIT_KS:
-            columns[f"hr@{k}"].append(p.hits(k))
-        for k in NDCG_KS:
-            columns[f"ndcg@{k}"].append(p.ndcg(k))
-        columns["rr"].append(p.rr)
-        columns["cold_user"].append(p.cold_user)
-        columns["cold_item"].append(p.cold_item)
-        columns["seen_item"].append(p.seen_item)
-        columns["oov_item"].append(p.oov_item)
-        columns["shift_score"].append(p.shift_score)
-        columns["cohort"].append(p.cohort)
-        columns["shifted"].append(p.shifted)
-        columns["batch_size"].append(p.batch_size)
-        columns["produced_ms"].append(p.produced_ms)
-        columns["predicted_ms"].append(p.predicted_ms)
-        columns["written_ms"].append(written)
-        latency = None if written is None or p.produced_ms is None else written - p.produced_ms
-        columns["latency_ms"].append(latency)
+        append_row(columns, p, None if written_ms is None else written_ms[position])
     return pl.DataFrame(columns, schema=PREDICTION_SCHEMA)
+
+
+def append_row(columns: dict[str, list[Any]], p: Prediction, written_ms: float | None) -> None:
+    """Append one prediction to per-column lists (``PREDICTION_SCHEMA`` names): the sink does
+    this for every (event, model), so the row is one tuple and the metrics of a rank are
+    computed once per distinct rank."""
+    latency = None if written_ms is None or p.produced_ms is None else written_ms - p.produced_ms
+    row = (
+        p.model, p.event_id, p.user, p.item, p.time, p.rank, p.n_candidates, p.cold_user,
+        p.cold_item, p.seen_item, p.oov_item, p.shift_score, p.cohort, p.shifted, p.batch_size,
+        p.produced_ms, p.predicted_ms, written_ms, latency, *_rank_metrics(p.rank),
+    )  # fmt: skip
+    for name, value in zip(_ROW_COLUMNS, row, strict=True):
+        columns[name].append(value)
+
+
+_RANK_COLUMNS = [*(f"hr@{k}" for k in HIT_KS), *(f"ndcg@{k}" for k in NDCG_KS), "rr"]
+_ROW_COLUMNS = [
+    "model", "event_id", "user", "item", "time", "rank", "n_candidates", "cold_user",
+    "cold_item", "seen_item", "oov_item", "shift_score", "cohort", "shifted", "batch_size",
+    "produced_ms", "predicted_ms", "written_ms", "latency_ms", *_RANK_COLUMNS,
+]  # fmt: skip  # the order of ``append_row``'s tuple
+
+
+@lru_cache(maxsize=8192)
+def _rank_metrics(rank: int | None) -> tuple[float, ...]:
+    """HR@k, NDCG@k and RR of a rank, in ``_RANK_COLUMNS`` order."""
+    hits = (hit_at(rank, k) for k in HIT_KS)
+    return (*hits, *(ndcg_at(rank, k) for k in NDCG_KS), reciprocal_rank(rank))
 
 
 def window_table(

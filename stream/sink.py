@@ -29,10 +29,8 @@ from typing import Any
 import polars as pl
 import pyarrow.parquet as pq
 
-from stream.aggregate import PREDICTION_SCHEMA, window_table
+from stream.aggregate import PREDICTION_SCHEMA, append_row, window_table
 from stream.records import (
-    HIT_KS,
-    NDCG_KS,
     MalformedPrediction,
     Prediction,
     PredictionEnd,
@@ -105,7 +103,7 @@ class SinkState:
             return
         self.keys.add(key)
         self.per_model[record.model] = self.per_model.get(record.model, 0) + 1
-        _append(self.columns, record, written_ms)
+        append_row(self.columns, record, written_ms)
 
     def models(self) -> set[str]:
         if self.expected_models is not None:
@@ -139,39 +137,6 @@ class SinkState:
             "duplicates_dropped": self.duplicates,
             "malformed_records": self.malformed,
         }
-
-
-def _append(columns: dict[str, list[Any]], p: Prediction, written_ms: float | None) -> None:
-    values: dict[str, Any] = {
-        "model": p.model,
-        "event_id": p.event_id,
-        "user": p.user,
-        "item": p.item,
-        "time": p.time,
-        "rank": p.rank,
-        "n_candidates": p.n_candidates,
-        "rr": p.rr,
-        "cold_user": p.cold_user,
-        "cold_item": p.cold_item,
-        "seen_item": p.seen_item,
-        "oov_item": p.oov_item,
-        "shift_score": p.shift_score,
-        "cohort": p.cohort,
-        "shifted": p.shifted,
-        "batch_size": p.batch_size,
-        "produced_ms": p.produced_ms,
-        "predicted_ms": p.predicted_ms,
-        "written_ms": written_ms,
-        "latency_ms": None
-        if written_ms is None or p.produced_ms is None
-        else written_ms - p.produced_ms,
-    }
-    for k in HIT_KS:
-        values[f"hr@{k}"] = p.hits(k)
-    for k in NDCG_KS:
-        values[f"ndcg@{k}"] = p.ndcg(k)
-    for name, column in columns.items():
-        column.append(values[name])
 
 
 @dataclass

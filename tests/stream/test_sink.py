@@ -139,3 +139,39 @@ def test_atomic_write_never_leaves_a_partial_file(
     monkeypatch.undo()
     assert_frame_equal(pl.read_parquet(target), first)  # the old file is intact
     assert [p.name for p in tmp_path.iterdir()] == ["out.parquet"]  # no temporary left
+
+
+def test_a_prediction_row_puts_every_field_in_its_own_column() -> None:
+    """Field by field, with the six flags given distinct 3-bit codes over three rows, so that
+    any two columns swapped in the row builder differ somewhere."""
+    flags = ["cold_user", "cold_item", "seen_item", "oov_item", "cohort", "shifted"]
+    predictions = [
+        Prediction(
+            event_id=10 + row,
+            user=20 + row,
+            item=30 + row,
+            time=40.5 + row,
+            model=f"m{row}",
+            rank=3,
+            n_candidates=50 + row,
+            shift_score=0.25 + row,
+            produced_ms=100.0 + row,
+            predicted_ms=150.0 + row,
+            batch_size=64 + row,
+            **{flag: bool((code >> row) & 1) for code, flag in enumerate(flags, start=1)},
+        )  # fmt: skip
+        for row in range(3)
+    ]
+    rows = prediction_rows(predictions, [175.0, None, 177.0]).rows(named=True)
+    for row, (p, got) in enumerate(zip(predictions, rows, strict=True)):
+        written = [175.0, None, 177.0][row]
+        expected = {
+            "model": p.model, "event_id": p.event_id, "user": p.user, "item": p.item,
+            "time": p.time, "rank": 3, "n_candidates": p.n_candidates,
+            "hr@1": 0, "hr@5": 1, "hr@10": 1, "hr@20": 1, "ndcg@10": 0.5, "ndcg@20": 0.5,
+            "rr": 1 / 3, "shift_score": p.shift_score, "batch_size": p.batch_size,
+            "produced_ms": p.produced_ms, "predicted_ms": p.predicted_ms, "written_ms": written,
+            "latency_ms": None if written is None else written - 100.0 - row,
+            **{flag: getattr(p, flag) for flag in flags},
+        }  # fmt: skip
+        assert got == pytest.approx(expected)
