@@ -202,11 +202,15 @@ class TTTLayer(nn.Module):
         """Head outputs z [..., H, T, Dh] -> o_proj(post_norm(concat)) [..., T, D]."""
         return self.o_proj(self.post_norm(z.transpose(-3, -2).flatten(-2)))
 
+    def sequence_views(self, xn: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``views`` of whole sequences xn [B, L, D], each token at its in-mini-batch index:
+        q, k, v [B, H, L, Dh] and sigma [B, H, L]."""
+        positions = torch.arange(xn.shape[1], device=xn.device) % self.config.mini_batch  # [L]
+        return self.views(xn, positions)
+
     def forward(self, xn: Tensor) -> Tensor:
         """Dual form over a whole batch of sequences: xn [B, L, D] -> [B, L, D]."""
-        length = xn.shape[1]
-        positions = torch.arange(length, device=xn.device) % self.config.mini_batch  # [L]
-        q, k, v, sigma = self.views(xn, positions)  # [B, H, L, Dh], sigma [B, H, L]
+        q, k, v, sigma = self.sequence_views(xn)
         scales = token_scales(self.token_offsets)  # [K]
         z, _ = ttt_dual_scan(
             self.initial_fast(), q, k, v, sigma, scales,
@@ -216,14 +220,12 @@ class TTTLayer(nn.Module):
 
     def forward_at(self, xn: Tensor, rows: Tensor, positions: Tensor) -> Tensor:
         """``forward(xn)[rows, positions]`` ([N, D]), scanning each row only as far as needed."""
-        length = xn.shape[1]
-        in_mini_batch = torch.arange(length, device=xn.device) % self.config.mini_batch  # [L]
-        q, k, v, sigma = self.views(xn, in_mini_batch)  # [B, H, L, Dh], sigma [B, H, L]
+        q, k, v, sigma = self.sequence_views(xn)
         z = ttt_dual_scan_at(
             self.initial_fast(), q, k, v, sigma, token_scales(self.token_offsets),
             self.ttt_norm_weight, self.ttt_norm_bias, self.inner_eps, rows, positions,
         )  # fmt: skip
-        return self.o_proj(self.post_norm(z.flatten(-2)))  # [N, H, Dh] -> [N, D]
+        return self.output(z.unsqueeze(-2)).squeeze(-2)  # [N, H, Dh] -> [N, D]
 
     def step(
         self, xn: Tensor, fast: FastWeights, accum: FastWeights, index: Tensor
