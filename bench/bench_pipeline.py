@@ -21,7 +21,9 @@ Memory per user is the size of the serialized user snapshot (the table value) an
 state, averaged over the users. CPU per event is the CPU time (user + system, from ``/proc``) each
 part of a run used over the run, divided by its events: the worker's main process, its model
 processes, this process (replayer and sink) and the broker. On a machine with few cores the
-parts compete, so their sum, not the worker's alone, sets the throughput.
+parts compete, so their sum, not the worker's alone, sets the throughput. Snapshot writes per
+event counts the records of the worker's state changelog (``--snapshot-interval-s``, the
+setting of the same name; 0 writes every touched user after every micro-batch).
 
     python bench/bench_pipeline.py                       # synthetic, 6000 events, CPU
     python bench/bench_pipeline.py --ttt4rec-policies windowed --dtype float32
@@ -155,6 +157,22 @@ class CpuMeter:
         return parts
 
 
+def changelog_records(bootstrap: str, topic: str) -> int:
+    """Records in a topic (0 if it does not exist): the snapshot writes of a worker group."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        if not partitions:
+            return 0
+        ends = consumer.end_offsets(partitions)
+        starts = consumer.beginning_offsets(partitions)
+        return sum(ends[tp] - starts[tp] for tp in partitions)
+    finally:
+        consumer.close()
+
+
 def memory_per_user(log: InteractionLog, settings: Settings) -> dict[str, float]:
     runners = build_runners(settings)
     options = ScoringOptions(settings.candidates, settings.exclude_seen)  # type: ignore[arg-type]
@@ -187,6 +205,12 @@ def main(argv: list[str] | None = None) -> int:
         "--model-processes", type=int, default=2, help="0: model step in a worker thread"
     )
     parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument(
+        "--snapshot-interval-s",
+        type=float,
+        default=Settings.snapshot_interval_s,
+        help="write touched users' snapshots this often (0: after every micro-batch)",
+    )
     parser.add_argument(
         "--repeat", type=int, default=1, help="interleaved passthrough/model runs; median ratio"
     )
@@ -226,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         torch_threads=args.torch_threads,
         model_processes=args.model_processes,
+        snapshot_interval_s=args.snapshot_interval_s,
         max_wait_ms=50.0,
         sink_flush_s=3600.0,
     )
@@ -265,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
                 for model in models:
                     results[f"{name}:{model}"] = measure(out, model)
                 cpu[name] = meter.per_event_ms()
+                writes = changelog_records(bootstrap, f"{settings.app_id}-user-states-changelog")
+                cpu[name]["snapshot writes per event"] = writes / log.events.height
                 rate = results[f"{name}:{models[-1]}"]["events_per_s"]
                 (passthrough_rates if passthrough else model_rates[policy]).append(rate)
     with EmbeddedBroker(port=0) as bootstrap:
@@ -325,11 +352,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"memory {name}: {value:,.0f} B")
     parts = ["worker", "model processes", "bench", "broker", "total"]
     print(f"\nCPU ms per event, steady state (bench: this process: replayer and sink)\n{'run':<28}"
-          + "".join(f"{part:>17}" for part in parts))  # fmt: skip
+          + "".join(f"{part:>17}" for part in parts) + f"{'snapshot writes/ev':>19}")  # fmt: skip
     for name, row in cpu.items():
         print(f"{name:<28}" + "".join(
             f"{row.get(f'cpu_ms_per_event {part}', float('nan')):>17.3f}" for part in parts
-        ))  # fmt: skip
+        ) + f"{row['snapshot writes per event']:>19.3f}")  # fmt: skip
     if args.json:
         numbers = {"results": results, "memory": memory, "ratios": ratios, "cpu": cpu,
                    "ratio_runs": ratio_runs, "args": vars(args)}  # fmt: skip

@@ -1,5 +1,6 @@
 """The whole streaming path on a real broker: replayer -> Faust workers -> sink -> Parquet,
-checked event by event against the offline replay of the same pure function.
+checked event by event against the offline replay of the same pure function, and every user's
+final state in the table's changelog against the offline replay's.
 
 Each replay feeds two worker groups side by side (own app id, predictions topic and sink):
 micro-batch 1 with two workers, and micro-batch 256 with one worker.
@@ -7,6 +8,7 @@ micro-batch 1 with two workers, and micro-batch 256 with one worker.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,10 +24,11 @@ from stream.aggregate import window_table
 from stream.offline import evaluate_offline, interactions, predictions_frame
 from stream.pipeline import Group, RunningGroup, run_pipeline
 from stream.prequential import ScoringOptions
+from stream.runners import SeqRecRunner
 from stream.settings import Settings
 from stream.sink import PREDICTIONS_FILE, WINDOWS_FILE
-from stream.testing import tiny_checkpoints
-from stream.userstate import encode_snapshot
+from stream.testing import assert_same_snapshot, tiny_checkpoints
+from stream.userstate import decode_snapshot, encode_snapshot
 from stream.worker import build_runners
 
 pytestmark = pytest.mark.integration
@@ -102,6 +105,19 @@ def _assert_matches_offline(out_dir: Path, offline: pl.DataFrame, log: Interacti
     assert windows["latency_p50_ms"].is_not_null().all()
 
 
+def assert_states_match_offline(
+    bootstrap: str, settings: Settings, offline_states: dict[int, bytes]
+) -> None:
+    """Every user's last snapshot in the changelog equals the offline replay's (integer parts
+    exactly, floats to rounding: batched kernels may change the last bits)."""
+    states = _changelog(bootstrap, f"{settings.app_id}-user-states-changelog")
+    assert {int(k) for k in states} == set(offline_states)
+    runners = {r.name: r for r in build_runners(settings) if isinstance(r, SeqRecRunner)}
+    for user, blob in offline_states.items():
+        recovered = decode_snapshot(states[str(user).encode()], runners)
+        assert_same_snapshot(recovered, decode_snapshot(blob, runners))
+
+
 def _replay_twice_and_compare(
     log: InteractionLog,
     tmp_path: Path,
@@ -116,10 +132,11 @@ def _replay_twice_and_compare(
     many = _settings(unique_name, checkpoints, topic, batch_size=256, max_wait_ms=100.0)
     groups = [Group(one, tmp_path / "b1-w2", workers=2), Group(many, tmp_path / "b256-w1")]
     result = run_pipeline(log, groups, kafka_bootstrap, timeout_s=240, before_replay=before_replay)
-    offline, _ = _offline(log, one)
+    offline, offline_states = _offline(log, one)
     for group, group_result in zip(groups, result.groups, strict=True):
         assert group_result.state.complete()
         _assert_matches_offline(group.out_dir, offline, log)
+        assert_states_match_offline(kafka_bootstrap, group.settings, offline_states)
     return [one, many]
 
 
@@ -156,9 +173,29 @@ def test_ml1m_slice_matches_offline(
     _replay_twice_and_compare(log, tmp_path, unique_name, kafka_bootstrap)
 
 
+def _changelog(bootstrap: str, topic: str, timeout_s: float = 30.0) -> dict[bytes, bytes]:
+    """Last value per key of a (not compacted) changelog topic."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(assigned)
+        ends = consumer.end_offsets(assigned)
+        consumer.seek_to_beginning(*assigned)
+        latest: dict[bytes, bytes] = {}
+        deadline = time.monotonic() + timeout_s
+        while any(consumer.position(tp) < ends[tp] for tp in assigned):
+            assert time.monotonic() < deadline, "changelog read timed out"
+            for messages in consumer.poll(timeout_ms=200).values():
+                for message in messages:
+                    latest[message.key] = message.value
+        return latest
+    finally:
+        consumer.close()
+
+
 def _read_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 30.0) -> list[dict]:
     import json
-    import time
 
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
     try:

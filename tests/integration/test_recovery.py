@@ -14,42 +14,17 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from kafka import KafkaConsumer, TopicPartition
 
 from replay.pacing import parse_speed
 from replay.synthetic import SyntheticConfig, generate
 from stream.pipeline import Group, RunningGroup, run_pipeline
 from stream.processes import WorkerProcess
-from stream.runners import SeqRecRunner
 from stream.sink import PREDICTIONS_FILE
-from stream.testing import assert_same_snapshot, tiny_checkpoints
-from stream.userstate import decode_snapshot
-from stream.worker import build_runners
+from stream.testing import tiny_checkpoints
 
-from .test_pipeline import EXACT, _offline, _settings
+from .test_pipeline import EXACT, _offline, _settings, assert_states_match_offline
 
 pytestmark = pytest.mark.integration
-
-
-def _changelog(bootstrap: str, topic: str, timeout_s: float = 30.0) -> dict[bytes, bytes]:
-    """Last value per key of a (not compacted) changelog topic."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
-    try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(assigned)
-        ends = consumer.end_offsets(assigned)
-        consumer.seek_to_beginning(*assigned)
-        latest: dict[bytes, bytes] = {}
-        deadline = time.monotonic() + timeout_s
-        while any(consumer.position(tp) < ends[tp] for tp in assigned):
-            assert time.monotonic() < deadline, "changelog read timed out"
-            for messages in consumer.poll(timeout_ms=200).values():
-                for message in messages:
-                    latest[message.key] = message.value
-        return latest
-    finally:
-        consumer.close()
 
 
 @pytest.mark.parametrize("stop", ["kill -9", "SIGTERM"])
@@ -106,9 +81,4 @@ def test_stop_mid_stream_then_restart_gives_identical_results(
     offline, offline_states = _offline(log, settings)
     streamed = pl.read_parquet(tmp_path / "b4" / PREDICTIONS_FILE).sort(["model", "event_id"])
     assert streamed.select(EXACT).equals(offline.sort(["model", "event_id"]).select(EXACT))
-    states = _changelog(kafka_bootstrap, f"{settings.app_id}-user-states-changelog")
-    assert {int(k) for k in states} == set(offline_states)
-    runners = {r.name: r for r in build_runners(settings) if isinstance(r, SeqRecRunner)}
-    for user, blob in offline_states.items():
-        recovered = decode_snapshot(states[str(user).encode()], runners)
-        assert_same_snapshot(recovered, decode_snapshot(blob, runners))
+    assert_states_match_offline(kafka_bootstrap, settings, offline_states)
