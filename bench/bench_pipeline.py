@@ -22,8 +22,8 @@ state, averaged over the users. CPU per event is the CPU time (user + system, fr
 part of a run used over the run, divided by its events: the worker's main process, its model
 processes, this process (replayer and sink) and the broker. On a machine with few cores the
 parts compete, so their sum, not the worker's alone, sets the throughput. Snapshot writes per
-event counts the records of the worker's state changelog (``--snapshot-interval-s``, the
-setting of the same name; 0 writes every touched user after every micro-batch).
+event counts the records of the worker's state changelog (one per touched user per
+micro-batch).
 
     python bench/bench_pipeline.py                       # synthetic, 6000 events, CPU
     python bench/bench_pipeline.py --ttt4rec-policies windowed --dtype float32
@@ -206,12 +206,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument(
-        "--snapshot-interval-s",
-        type=float,
-        default=Settings.snapshot_interval_s,
-        help="write touched users' snapshots this often (0: after every micro-batch)",
-    )
-    parser.add_argument(
         "--repeat", type=int, default=1, help="interleaved passthrough/model runs; median ratio"
     )
     parser.add_argument("--checkpoint-dir", type=Path, default=None, help="trained checkpoints")
@@ -250,7 +244,6 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         torch_threads=args.torch_threads,
         model_processes=args.model_processes,
-        snapshot_interval_s=args.snapshot_interval_s,
         max_wait_ms=50.0,
         sink_flush_s=3600.0,
     )
