@@ -17,12 +17,24 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
+import torch
 
 from stream.bootstrap import BOOTSTRAP_ENV
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 ML1M_SUBSET = SHARED_DATA / "ml-1m-subset"
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """torch on one thread for the test: tiny models run faster on one, and the 2-core CI
+    machine also runs the broker and the workers (two torch threads under contention were many
+    times slower than one)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def docker_engine_answers() -> bool:

@@ -1,17 +1,10 @@
-"""Integration tests run torch with one thread: the 2-core CI machine also runs the broker and
-the workers, and two torch threads under contention are many times slower than one."""
+"""Integration tests run torch with one thread (``one_torch_thread`` in the root conftest)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def _torch_on_one_thread(one_torch_thread: None) -> None:
+    """Every integration test runs torch on one thread."""

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from replay.datasets import InteractionLog
 from stream.testing import make_tiny_log, tiny_checkpoints
@@ -25,9 +23,5 @@ def checkpoint_dir(tmp_path_factory: pytest.TempPathFactory, tiny_log: Interacti
 
 
 @pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Tiny models run faster on one thread, and CI has two cores for everything."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def _torch_on_one_thread(one_torch_thread: None) -> None:
+    """Every stream test runs torch on one thread (``one_torch_thread`` in the root conftest)."""
