@@ -37,7 +37,8 @@ import asyncio
 import logging
 import os
 import weakref
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NoReturn, cast
 
@@ -45,7 +46,7 @@ import faust
 from faust.streams import Stream, _current_event
 from faust.tables import TableManager
 from faust.tables.recovery import Recovery
-from faust.types import EventT
+from faust.types import TP, AppT, EventT
 from faust.utils.terminal.spinners import SpinnerHandler
 
 from replay.schema import EndOfStream, Interaction, MalformedRecord, decode, user_key
@@ -100,6 +101,65 @@ class SeekBeforeFetchRecovery(Recovery):
     async def on_recovery_completed(self, generation_id: int = 0) -> None:
         self.app.consumer.stop_flow()
         await super().on_recovery_completed(generation_id)
+
+    async def _build_highwaters(
+        self, consumer: Any, tps: set[TP], destination: Counter[TP], title: str
+    ) -> None:
+        """Faust's highwaters (end offset - 1: the last record recovery waits for), checked
+        against the log itself (``log_end_offsets``): the embedded broker reports end offsets
+        short of the last records of a multi-record batch, and recovery then ended before
+        applying them, leaving those users' newest snapshots in a buffer (a restarted worker
+        continued from older ones)."""
+        await super()._build_highwaters(consumer, tps, destination, title)
+        reported = {tp: destination[tp] + 1 for tp in tps if tp in destination}
+        ends = await log_end_offsets(broker_address(self.app), reported)
+        for tp, end in ends.items():
+            destination[tp] = end - 1  # assigned: Counter.update would add
+
+
+def broker_address(app: AppT) -> str:
+    """host:port of the app's first broker URL."""
+    url = app.conf.broker[0]
+    return f"{url.host}:{url.port}"
+
+
+async def log_end_offsets(
+    bootstrap: str, reported: Mapping[TP, int], timeout_s: float = 10.0
+) -> dict[TP, int]:
+    """The end offset (last offset + 1) of each partition, read from its records.
+
+    Tansu, the embedded broker, answers ListOffsets(latest) with the first offset of the
+    partition's last record batch + 1: 6 for a partition holding a batch of 5 records and then
+    a batch of 3 (Apache Kafka: 8). Reading from one before the reported end fetches that last
+    batch whole; the consumer's position after it is the true end. ``reported`` are the ends
+    the broker gave; a partition whose log does not answer within ``timeout_s`` keeps its own.
+    """
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.structs import TopicPartition
+
+    ends = dict(reported)
+    tails = {TopicPartition(tp.topic, tp.partition): tp for tp, end in reported.items() if end > 0}
+    if not tails:
+        return ends
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(list(tails))
+        for kafka_tp, tp in tails.items():
+            consumer.seek(kafka_tp, reported[tp] - 1)
+        waiting = set(tails)  # no record received yet: the position says nothing so far
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while asyncio.get_running_loop().time() < deadline:
+            fetched = await consumer.getmany(timeout_ms=200)
+            waiting -= {kafka_tp for kafka_tp, records in fetched.items() if records}
+            if not waiting and not any(fetched.values()):
+                break  # every partition read, and nothing more came
+        for kafka_tp, tp in tails.items():
+            if kafka_tp not in waiting:
+                ends[tp] = max(reported[tp], await consumer.position(kafka_tp))
+    finally:
+        await consumer.stop()
+    return ends
 
 
 class SeekBeforeFetchTableManager(TableManager):
