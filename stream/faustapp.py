@@ -117,6 +117,22 @@ class SeekBeforeFetchRecovery(Recovery):
             destination[tp] = end - 1  # assigned: Counter.update would add
 
 
+def topic_end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    """partition -> end offset of ``topic``, read from its records (``log_end_offsets``);
+    empty when the topic does not exist. For synchronous callers (benchmarks, tests)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    try:
+        partitions = sorted(consumer.partitions_for_topic(topic) or ())
+        reported = consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
+    finally:
+        consumer.close()
+    by_tp = {TP(tp.topic, tp.partition): end for tp, end in reported.items()}
+    ends = asyncio.run(log_end_offsets(bootstrap, by_tp))
+    return {tp.partition: end for tp, end in ends.items()}
+
+
 def broker_address(app: AppT) -> str:
     """host:port of the app's first broker URL."""
     url = app.conf.broker[0]

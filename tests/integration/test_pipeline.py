@@ -21,6 +21,7 @@ from replay.datasets import InteractionLog, load_ml1m_dir
 from replay.schema import user_key
 from replay.synthetic import SyntheticConfig, generate
 from stream.aggregate import window_table
+from stream.faustapp import topic_end_offsets
 from stream.offline import evaluate_offline, interactions, predictions_frame
 from stream.pipeline import Group, RunningGroup, run_pipeline
 from stream.prequential import ScoringOptions
@@ -180,7 +181,9 @@ def _changelog(bootstrap: str, topic: str, timeout_s: float = 30.0) -> dict[byte
         partitions = consumer.partitions_for_topic(topic) or set()
         assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(assigned)
-        ends = consumer.end_offsets(assigned)
+        ends = {
+            TopicPartition(topic, p): end for p, end in topic_end_offsets(bootstrap, topic).items()
+        }
         consumer.seek_to_beginning(*assigned)
         latest: dict[bytes, bytes] = {}
         deadline = time.monotonic() + timeout_s
