@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import polars as pl
 
-from stream.metrics import hit_at, ndcg_at, reciprocal_rank
-from stream.records import HIT_KS, NDCG_KS, Prediction
+from stream.records import HIT_KS, NDCG_KS, Prediction, rank_metrics
 
 PREDICTION_SCHEMA: dict[str, pl.DataType] = {
     "model": pl.String(),
@@ -93,25 +91,19 @@ def append_row(columns: dict[str, list[Any]], p: Prediction, written_ms: float |
     row = (
         p.model, p.event_id, p.user, p.item, p.time, p.rank, p.n_candidates, p.cold_user,
         p.cold_item, p.seen_item, p.oov_item, p.shift_score, p.cohort, p.shifted, p.batch_size,
-        p.produced_ms, p.predicted_ms, written_ms, latency, *_rank_metrics(p.rank),
+        p.produced_ms, p.predicted_ms, written_ms, latency, *rank_metrics(p.rank),
     )  # fmt: skip
     for name, value in zip(_ROW_COLUMNS, row, strict=True):
         columns[name].append(value)
 
 
+# ``rank_metrics`` order
 _RANK_COLUMNS = [*(f"hr@{k}" for k in HIT_KS), *(f"ndcg@{k}" for k in NDCG_KS), "rr"]
 _ROW_COLUMNS = [
     "model", "event_id", "user", "item", "time", "rank", "n_candidates", "cold_user",
     "cold_item", "seen_item", "oov_item", "shift_score", "cohort", "shifted", "batch_size",
     "produced_ms", "predicted_ms", "written_ms", "latency_ms", *_RANK_COLUMNS,
 ]  # fmt: skip  # the order of ``append_row``'s tuple
-
-
-@lru_cache(maxsize=8192)
-def _rank_metrics(rank: int | None) -> tuple[float, ...]:
-    """HR@k, NDCG@k and RR of a rank, in ``_RANK_COLUMNS`` order."""
-    hits = (hit_at(rank, k) for k in HIT_KS)
-    return (*hits, *(ndcg_at(rank, k) for k in NDCG_KS), reciprocal_rank(rank))
 
 
 def window_table(

@@ -123,14 +123,21 @@ _event_fields = attrgetter(*_EVENT)
 _model_fields = attrgetter(*_MODEL)
 
 
+@lru_cache(maxsize=8192)
+def rank_metrics(rank: int | None) -> tuple[float, ...]:
+    """HR@k for ``HIT_KS``, NDCG@k for ``NDCG_KS``, then the reciprocal rank, of one rank."""
+    hits = (hit_at(rank, k) for k in HIT_KS)
+    return (*hits, *(ndcg_at(rank, k) for k in NDCG_KS), reciprocal_rank(rank))
+
+
+_DERIVED_KEYS = (*(f"h{k}" for k in HIT_KS), *(f"g{k}" for k in NDCG_KS), "rr")
+
+
 @lru_cache(maxsize=4096)
 def _derived(rank: int | None) -> dict[str, float]:
     """The metrics that travel with a rank, so a plain consumer needs no code of ours (read-only:
     shared between calls)."""
-    metrics: dict[str, float] = {f"h{k}": hit_at(rank, k) for k in HIT_KS}
-    metrics.update({f"g{k}": ndcg_at(rank, k) for k in NDCG_KS})
-    metrics["rr"] = reciprocal_rank(rank)
-    return metrics
+    return dict(zip(_DERIVED_KEYS, rank_metrics(rank), strict=True))
 
 
 def encode_events(predictions: Sequence[Prediction]) -> list[tuple[bytes, bytes]]:
