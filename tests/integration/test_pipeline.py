@@ -176,14 +176,11 @@ def test_ml1m_slice_matches_offline(
 
 def _changelog(bootstrap: str, topic: str, timeout_s: float = 30.0) -> dict[bytes, bytes]:
     """Last value per key of a (not compacted) changelog topic."""
+    ends = {TopicPartition(topic, p): end for p, end in topic_end_offsets(bootstrap, topic).items()}
+    assigned = sorted(ends)
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
     try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(assigned)
-        ends = {
-            TopicPartition(topic, p): end for p, end in topic_end_offsets(bootstrap, topic).items()
-        }
         consumer.seek_to_beginning(*assigned)
         latest: dict[bytes, bytes] = {}
         deadline = time.monotonic() + timeout_s
