@@ -20,9 +20,10 @@ start-up and group join do not count. Latency is produced -> prediction written 
 Memory per user is the size of the serialized user snapshot (the table value) and of each model's
 state, averaged over the users. CPU per event is the CPU time (user + system, from ``/proc``) each
 part of a run used over the run, divided by its events: the worker's main process, its model
-processes, this process (replayer and sink) and the broker. On a machine with few cores the
-parts compete, so their sum, not the worker's alone, sets the throughput. Snapshot writes per
-event counts the records of the worker's state changelog (one per touched user per
+processes (split into their main threads, which run the model step, and their other threads, the
+global-view readers), this process (replayer and sink) and the broker. On a machine with few
+cores the parts compete, so their sum, not the worker's alone, sets the throughput. Snapshot
+writes per event counts the records of the worker's state changelog (one per touched user per
 micro-batch).
 
     python bench/bench_pipeline.py                       # synthetic, 6000 events, CPU
@@ -102,10 +103,12 @@ def measure(out_dir: Path, model: str, settle_s: float | None = None) -> dict[st
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a live process (all its threads), 0 once it is gone."""
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """User + system CPU time of a live process (all its threads, or only ``thread``), 0 once
+    it is gone."""
+    stat = Path(f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat")
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = stat.read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
@@ -136,9 +139,13 @@ class CpuMeter:
             return
         workers = [p.pid for group in running for p in group.processes if p.pid is not None]
         children = [c for pid in workers for c in child_pids(pid)]
+        in_children = sum(cpu_seconds(pid) for pid in children)
+        model_threads = sum(cpu_seconds(pid, thread=pid) for pid in children)
         used = {
             "worker": sum(cpu_seconds(pid) for pid in workers),
-            "model processes": sum(cpu_seconds(pid) for pid in children),
+            # a model process's main thread runs the model step; its other thread, the view reader
+            "model threads": model_threads,
+            "view readers": in_children - model_threads,
             "bench": time.process_time(),
             "broker": 0.0 if self.broker_pid is None else cpu_seconds(self.broker_pid),
         }
@@ -193,7 +200,10 @@ def main(argv: list[str] | None = None) -> int:
         "--torch-threads", type=int, default=1, help="torch intra-op threads in the worker"
     )
     parser.add_argument(
-        "--model-processes", type=int, default=2, help="0: model step in a worker thread"
+        "--model-processes",
+        type=int,
+        default=-1,
+        help="0: model step in a worker thread; -1: auto (1 on a GPU, else 2)",
     )
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument(
@@ -314,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{args.dataset}: {log.events.height} events, {log.events['user'].n_unique()} users, "
           f"models {args.models}, device {args.device}, dtype {args.dtype}, "
           f"batch {args.batch_size}, partitions {args.partitions}, torch threads "
-          f"{args.torch_threads}, model processes {args.model_processes}")  # fmt: skip
+          f"{args.torch_threads}, model processes {base.model_process_count()}")  # fmt: skip
     print(f"{'run:model':<40}{'events/s':>12}{'lat p50 ms':>14}{'lat p99 ms':>14}")
     for name, row in results.items():
         print(f"{name:<40}{row['events_per_s']:>12.1f}{row['latency_p50_ms']:>14.0f}"
@@ -334,12 +344,12 @@ def main(argv: list[str] | None = None) -> int:
               f" (target >= 0.5){each}")  # fmt: skip
     for name, value in memory.items():
         print(f"memory {name}: {value:,.0f} B")
-    parts = ["worker", "model processes", "bench", "broker", "total"]
+    parts = ["worker", "model threads", "view readers", "bench", "broker", "total"]
     print(f"\nCPU ms per event, steady state (bench: this process: replayer and sink)\n{'run':<28}"
-          + "".join(f"{part:>17}" for part in parts) + f"{'snapshot writes/ev':>19}")  # fmt: skip
+          + "".join(f"{part:>14}" for part in parts) + f"{'snapshot writes/ev':>19}")  # fmt: skip
     for name, row in cpu.items():
         print(f"{name:<28}" + "".join(
-            f"{row.get(f'cpu_ms_per_event {part}', float('nan')):>17.3f}" for part in parts
+            f"{row.get(f'cpu_ms_per_event {part}', float('nan')):>14.3f}" for part in parts
         ) + f"{row['snapshot writes per event']:>19.3f}")  # fmt: skip
     if args.json:
         numbers = {"results": results, "memory": memory, "ratios": ratios, "cpu": cpu,

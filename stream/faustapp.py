@@ -262,8 +262,9 @@ class EvaluationAgent:
         child processes (``model_processes``, users sharded among them) or in this one."""
         if self.settings.passthrough:
             return
-        if self.settings.model_processes > 0:
-            shards = ModelShards(self.settings, bootstrap, self.settings.model_processes)
+        processes = self.settings.model_process_count()
+        if processes > 0:
+            shards = ModelShards(self.settings, bootstrap, processes)
             self.core, self.model_names = shards, shards.model_names
             return
         core, view = build_core(self.settings)

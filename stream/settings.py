@@ -45,7 +45,8 @@ class Settings:
     device: str = "auto"  # auto = CUDA when present
     dtype: str = "float64"  # float64: batch-size-independent ranks; float32: faster
     torch_threads: int = 1  # torch intra-op threads in the worker; 0 = torch's default
-    model_processes: int = 2  # model step in N child processes, users sharded; 0: a thread
+    model_processes: int = -1  # model step in N child processes, users sharded; 0: a thread;
+    # -1 (auto): 1 on a GPU, else 2 (see model_process_count)
     batch_size: int = 256  # micro-batch: at most this many events ...
     max_wait_ms: float = 50.0  # ... or what arrived within this time
     candidates: str = "seen"  # "seen" (first seen before the event) or "all" (catalogue)
@@ -95,12 +96,24 @@ class Settings:
             raise SettingsError(f"dtype must be float32 or float64, got {self.dtype!r}")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise SettingsError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
-        if self.model_processes < 0:
-            raise SettingsError(f"model_processes must be 0 or more, got {self.model_processes}")
+        if self.model_processes < -1:
+            raise SettingsError(
+                f"model_processes must be 0 or more, or -1 (auto), got {self.model_processes}"
+            )
         if self.partitions < 1:
             raise SettingsError(f"partitions must be at least 1, got {self.partitions}")
         if not self.models:
             raise SettingsError("no models configured")
+
+    def model_process_count(self) -> int:
+        """``model_processes`` with auto (-1) resolved: one child on a GPU, where each child
+        would hold its own CUDA context and copy of the models, else two (the model step and
+        Faust's event loop then use two cores)."""
+        if self.model_processes >= 0:
+            return self.model_processes
+        from stream.runners import resolve_device  # imports torch
+
+        return 1 if resolve_device(self.device).type == "cuda" else 2
 
     def checkpoint_for(self, base: str) -> Path:
         return Path(self.checkpoints.get(base) or Path(self.checkpoint_dir) / f"{base}.safetensors")

@@ -38,11 +38,23 @@ def test_yaml_file(tmp_path: Path) -> None:
         ({"SHIFTSTREAM_BATCH_SIZE": "0"}, "batch_size"),
         ({"SHIFTSTREAM_CANDIDATES": "some"}, "candidates"),
         ({"SHIFTSTREAM_DEVICE": "tpu"}, "device"),
+        ({"SHIFTSTREAM_MODEL_PROCESSES": "-2"}, "model_processes"),
     ],
 )
 def test_bad_values_name_the_setting(environ: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         Settings.load(environ=environ)
+
+
+def test_model_processes_auto_is_one_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings(device="cpu").model_process_count() == 2
+    assert Settings(device="cuda:0").model_process_count() == 1
+    assert Settings(device="cuda", model_processes=3).model_process_count() == 3
+    assert Settings(device="cpu", model_processes=0).model_process_count() == 0
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    assert Settings(device="auto").model_process_count() == 1
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert Settings(device="auto").model_process_count() == 2
 
 
 def test_unknown_keys_and_missing_files(tmp_path: Path) -> None:
