@@ -7,6 +7,7 @@ import json
 import os
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -145,6 +146,10 @@ def test_a_prediction_row_puts_every_field_in_its_own_column() -> None:
     """Field by field, with the six flags given distinct 3-bit codes over three rows, so that
     any two columns swapped in the row builder differ somewhere."""
     flags = ["cold_user", "cold_item", "seen_item", "oov_item", "cohort", "shifted"]
+
+    def flag_values(row: int) -> dict[str, Any]:
+        return {flag: bool((code >> row) & 1) for code, flag in enumerate(flags, start=1)}
+
     predictions = [
         Prediction(
             event_id=10 + row,
@@ -158,7 +163,7 @@ def test_a_prediction_row_puts_every_field_in_its_own_column() -> None:
             produced_ms=100.0 + row,
             predicted_ms=150.0 + row,
             batch_size=64 + row,
-            **{flag: bool((code >> row) & 1) for code, flag in enumerate(flags, start=1)},
+            **flag_values(row),
         )  # fmt: skip
         for row in range(3)
     ]
