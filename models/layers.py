@@ -54,29 +54,51 @@ class CausalSelfAttention(nn.Module):
         self.attn_dropout = attn_dropout
 
     def forward(self, x: Tensor) -> Tensor:
-        batch, length, width = x.shape
-        heads = (batch, length, self.n_heads, width // self.n_heads)
-        q = self.query(x).view(heads).transpose(1, 2)  # [B, H, L, Dh]
-        k = self.key(x).view(heads).transpose(1, 2)  # [B, H, L, Dh]
-        v = self.value(x).view(heads).transpose(1, 2)  # [B, H, L, Dh]
+        q, k, v = (self._heads(project(x)) for project in (self.query, self.key, self.value))
         dropout = self.attn_dropout if self.training else 0.0
         context = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
-        return self.out(context.transpose(1, 2).reshape(batch, length, width))  # [B, L, D]
+        return self.out(self._merge(context))  # [B, L, D]
 
     def forward_at(self, x: Tensor, rows: Tensor, positions: Tensor) -> Tensor:
-        """``forward(x)[rows, positions]`` ([N, D]) with queries only at those positions."""
-        batch, length, width = x.shape
-        head_width = width // self.n_heads
-        heads = (batch, length, self.n_heads, head_width)
-        q = self.query(x[rows, positions]).view(-1, self.n_heads, 1, head_width)  # [N, H, 1, Dh]
-        k = self.key(x).view(heads).transpose(1, 2)[rows]  # [N, H, L, Dh]
-        v = self.value(x).view(heads).transpose(1, 2)[rows]  # [N, H, L, Dh]
-        visible = torch.arange(length, device=x.device) <= positions.unsqueeze(1)  # [N, L]
+        """``forward(x)[rows, positions]`` ([N, D]) with queries only at those positions. Each
+        row's queries sit side by side ([B, Q], padded with position 0), so a row's keys and
+        values serve all its queries instead of being copied once per query."""
+        batch, length, _ = x.shape
+        slots, width = slots_in_rows(rows, batch)
+        query_positions = positions.new_zeros(batch, width)
+        query_positions[rows, slots] = positions  # [B, Q]
+        row_index = torch.arange(batch, device=x.device).unsqueeze(1)  # [B, 1]
+        q = self._heads(self.query(x[row_index, query_positions]))  # [B, H, Q, Dh]
+        k, v = self._heads(self.key(x)), self._heads(self.value(x))  # [B, H, L, Dh]
+        keys = torch.arange(length, device=x.device)
+        visible = keys <= query_positions.unsqueeze(-1)  # [B, Q, L]
         dropout = self.attn_dropout if self.training else 0.0
         context = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=visible[:, None, None, :], dropout_p=dropout
-        )  # [N, H, 1, Dh]
-        return self.out(context.reshape(-1, width))  # [N, D]
+            q, k, v, attn_mask=visible.unsqueeze(1), dropout_p=dropout
+        )  # [B, H, Q, Dh]
+        return self.out(self._merge(context)[rows, slots])  # [N, D]
+
+    def _heads(self, x: Tensor) -> Tensor:
+        return x.unflatten(-1, (self.n_heads, -1)).transpose(-3, -2)  # [B, L, D] -> [B, H, L, Dh]
+
+    @staticmethod
+    def _merge(context: Tensor) -> Tensor:
+        return context.transpose(-3, -2).flatten(-2)  # [B, H, L, Dh] -> [B, L, D]
+
+
+def slots_in_rows(rows: Tensor, n_rows: int) -> tuple[Tensor, int]:
+    """Each entry's index among the entries of its row, in the given order, and the most
+    entries any row has: rows [N] -> slots [N], Q.
+
+    >>> slots_in_rows(torch.tensor([2, 0, 2, 1, 2]), 4)
+    (tensor([0, 0, 1, 0, 2]), 3)
+    """
+    counts = torch.bincount(rows, minlength=n_rows)  # [B]
+    order = torch.argsort(rows, stable=True)  # [N] entries row by row
+    first = torch.cumsum(counts, 0) - counts  # [B] where each row starts in ``order``
+    slots = torch.empty_like(rows)
+    slots[order] = torch.arange(rows.numel(), device=rows.device) - first[rows[order]]
+    return slots, int(counts.max())
 
 
 class PostNormTransformerLayer(nn.Module):
