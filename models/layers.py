@@ -70,8 +70,8 @@ class CausalSelfAttention(nn.Module):
         row_index = torch.arange(batch, device=x.device).unsqueeze(1)  # [B, 1]
         q = self._heads(self.query(x[row_index, query_positions]))  # [B, H, Q, Dh]
         k, v = self._heads(self.key(x)), self._heads(self.value(x))  # [B, H, L, Dh]
-        keys = torch.arange(length, device=x.device)
-        visible = keys <= query_positions.unsqueeze(-1)  # [B, Q, L]
+        key_positions = torch.arange(length, device=x.device)  # [L]
+        visible = key_positions <= query_positions.unsqueeze(-1)  # [B, Q, L]
         dropout = self.attn_dropout if self.training else 0.0
         context = F.scaled_dot_product_attention(
             q, k, v, attn_mask=visible.unsqueeze(1), dropout_p=dropout
