@@ -44,6 +44,16 @@ class SeqRecConfig:
     max_len: int = 50  # training window and windowed-streaming length
 
 
+@dataclass(frozen=True)
+class PinnedWeights:
+    """State-dict entries a model's constructor loads from a pretrained file that training
+    never changes. Checkpoints leave them out and keep the file's fingerprint instead."""
+
+    keys: frozenset[str]
+    source: str  # what the file is, for messages, e.g. "all-MiniLM-L6-v2"
+    fingerprint: str  # the file's hash; a checkpoint loads only against the same file
+
+
 class SeqRecModel(nn.Module, ABC):
     name: ClassVar[str]
     state_type: type[State]  # a class attribute; a model may pick it per instance from its config
@@ -97,6 +107,11 @@ class SeqRecModel(nn.Module, ABC):
 
     def shift_score(self, state: State) -> Tensor | None:
         """Per-user shift score after the last step ([U]), for models that have one."""
+        return None
+
+    def pinned_weights(self) -> PinnedWeights | None:
+        """The weights this model takes from a pretrained file as they are (DARec's frozen
+        language model); None when every weight is the model's own."""
         return None
 
     @property

@@ -2,8 +2,11 @@
 
 Metadata keys: ``model`` (registry name), ``config`` (the config dataclass as JSON), ``vocab``
 (raw item ids in index order, index 0 = padding), ``data_fingerprint``, ``metrics`` and
-``extra`` (JSON). The checkpoint hash is the SHA-256 of the file (first 16 hex digits); it is
-written into every serialised per-user state so states never outlive their weights.
+``extra`` (JSON), and ``pinned`` (JSON: source and fingerprint) when the model takes weights
+from a pretrained file as they are (``SeqRecModel.pinned_weights``): those are left out of the
+file, and loading checks that the model was built from the same pretrained file. The checkpoint
+hash is the SHA-256 of the file (first 16 hex digits); it is written into every serialised
+per-user state so states never outlive their weights.
 """
 
 from __future__ import annotations
@@ -60,8 +63,25 @@ def save_checkpoint(
         "metrics": json.dumps(metrics or {}),
         "extra": json.dumps(extra or {}),
     }
+    pinned = model.pinned_weights()
+    left_out: frozenset[str] = frozenset()
+    if pinned is not None:
+        metadata["pinned"] = json.dumps(
+            {"source": pinned.source, "fingerprint": pinned.fingerprint}
+        )
+        left_out = pinned.keys
+    # one name per tensor (safetensors refuses shared memory): named_parameters and
+    # named_buffers skip the second name of a shared module, e.g. DARec's tied ID table
+    own = {name for name, _ in model.named_parameters()} | {
+        name for name, _ in model.named_buffers()
+    }
+    tensors = {
+        name: tensor.contiguous()
+        for name, tensor in model.state_dict().items()
+        if name in own and name not in left_out
+    }
     partial = path.with_suffix(path.suffix + ".partial")
-    safetensors.torch.save_model(model, str(partial), metadata=metadata)
+    safetensors.torch.save_file(tensors, str(partial), metadata=metadata)
     partial.replace(path)
     return file_hash(path)
 
@@ -88,7 +108,7 @@ def load_checkpoint(
     config_type, model_type = REGISTRY[name]
     config = config_type(**{**json.loads(metadata["config"]), **(overrides or {})})
     model = model_type(config)
-    safetensors.torch.load_model(model, str(path), device=str(device))
+    _load_weights(model, path, metadata)
     model.to(device).eval()
     return Checkpoint(
         model=model,
@@ -98,3 +118,30 @@ def load_checkpoint(
         metrics=json.loads(metadata.get("metrics", "{}")),
         extra=json.loads(metadata.get("extra", "{}")),
     )
+
+
+def _load_weights(model: SeqRecModel, path: Path, metadata: dict[str, str]) -> None:
+    """The file's tensors into ``model``. Every entry of the model's state must come from the
+    file, except other names of a loaded tensor and, when the file says so, pinned weights the
+    constructor loaded from the same pretrained file."""
+    left_out: frozenset[str] = frozenset()
+    if "pinned" in metadata:
+        recorded = json.loads(metadata["pinned"])
+        pinned = model.pinned_weights()
+        if pinned is None or pinned.fingerprint != recorded["fingerprint"]:
+            found = "none" if pinned is None else f"{pinned.source} {pinned.fingerprint}"
+            raise ValueError(
+                f"checkpoint {path} was trained on {recorded['source']} "
+                f"{recorded['fingerprint']}, but this model was built with {found}"
+            )
+        left_out = pinned.keys
+    tensors = safetensors.torch.load_file(str(path))
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    state = model.state_dict()
+    loaded = {state[name].data_ptr() for name in tensors if name in state}
+    missing = [
+        name for name in missing if name not in left_out and state[name].data_ptr() not in loaded
+    ]
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {path} does not fit {model.name}: missing {missing}, "
+                         f"unexpected {unexpected}")  # fmt: skip

