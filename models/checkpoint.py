@@ -63,23 +63,8 @@ def save_checkpoint(
         "metrics": json.dumps(metrics or {}),
         "extra": json.dumps(extra or {}),
     }
-    pinned = model.pinned_weights()
-    left_out: frozenset[str] = frozenset()
-    if pinned is not None:
-        metadata["pinned"] = json.dumps(
-            {"source": pinned.source, "fingerprint": pinned.fingerprint}
-        )
-        left_out = pinned.keys
-    # one name per tensor (safetensors refuses shared memory): named_parameters and
-    # named_buffers skip the second name of a shared module, e.g. DARec's tied ID table
-    own = {name for name, _ in model.named_parameters()} | {
-        name for name, _ in model.named_buffers()
-    }
-    tensors = {
-        name: tensor.contiguous()
-        for name, tensor in model.state_dict().items()
-        if name in own and name not in left_out
-    }
+    tensors, pinned = weight_tensors(model)
+    metadata.update(pinned)
     partial = path.with_suffix(path.suffix + ".partial")
     safetensors.torch.save_file(tensors, str(partial), metadata=metadata)
     partial.replace(path)
@@ -108,7 +93,7 @@ def load_checkpoint(
     config_type, model_type = REGISTRY[name]
     config = config_type(**{**json.loads(metadata["config"]), **(overrides or {})})
     model = model_type(config)
-    _load_weights(model, path, metadata)
+    load_weight_tensors(model, safetensors.torch.load_file(str(path)), metadata, path)
     model.to(device).eval()
     return Checkpoint(
         model=model,
@@ -120,10 +105,36 @@ def load_checkpoint(
     )
 
 
-def _load_weights(model: SeqRecModel, path: Path, metadata: dict[str, str]) -> None:
-    """The file's tensors into ``model``. Every entry of the model's state must come from the
-    file, except other names of a loaded tensor and, when the file says so, pinned weights the
-    constructor loaded from the same pretrained file."""
+def weight_tensors(model: SeqRecModel) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """What a file keeps of ``model``'s state, and the metadata that pins what it leaves out.
+
+    One name per tensor (safetensors refuses shared memory): ``named_parameters`` and
+    ``named_buffers`` skip the second name of a shared module, e.g. DARec's tied ID table.
+    Pinned weights (``SeqRecModel.pinned_weights``) stay out; the metadata names their file."""
+    pinned = model.pinned_weights()
+    metadata: dict[str, str] = {}
+    left_out: frozenset[str] = frozenset()
+    if pinned is not None:
+        metadata["pinned"] = json.dumps(
+            {"source": pinned.source, "fingerprint": pinned.fingerprint}
+        )
+        left_out = pinned.keys
+    own = {name for name, _ in model.named_parameters()}
+    own |= {name for name, _ in model.named_buffers()}
+    tensors = {
+        name: tensor.detach().contiguous()
+        for name, tensor in model.state_dict().items()
+        if name in own and name not in left_out
+    }
+    return tensors, metadata
+
+
+def load_weight_tensors(
+    model: SeqRecModel, tensors: dict[str, torch.Tensor], metadata: dict[str, str], source: Path
+) -> None:
+    """``weight_tensors``' output back into ``model``. Every entry of the model's state must
+    come from ``tensors``, except other names of a loaded tensor and, when the metadata pins
+    them, weights the constructor loaded from the same pretrained file."""
     left_out: frozenset[str] = frozenset()
     if "pinned" in metadata:
         recorded = json.loads(metadata["pinned"])
@@ -131,11 +142,10 @@ def _load_weights(model: SeqRecModel, path: Path, metadata: dict[str, str]) -> N
         if pinned is None or pinned.fingerprint != recorded["fingerprint"]:
             found = "none" if pinned is None else f"{pinned.source} {pinned.fingerprint}"
             raise ValueError(
-                f"checkpoint {path} was trained on {recorded['source']} "
-                f"{recorded['fingerprint']}, but this model was built with {found}"
+                f"{source} was trained on {recorded['source']} {recorded['fingerprint']}, "
+                f"but this model was built with {found}"
             )
         left_out = pinned.keys
-    tensors = safetensors.torch.load_file(str(path))
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     state = model.state_dict()
     loaded = {state[name].data_ptr() for name in tensors if name in state}
@@ -143,5 +153,5 @@ def _load_weights(model: SeqRecModel, path: Path, metadata: dict[str, str]) -> N
         name for name in missing if name not in left_out and state[name].data_ptr() not in loaded
     ]
     if missing or unexpected:
-        raise ValueError(f"checkpoint {path} does not fit {model.name}: missing {missing}, "
+        raise ValueError(f"{source} does not fit {model.name}: missing {missing}, "
                          f"unexpected {unexpected}")  # fmt: skip

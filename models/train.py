@@ -31,7 +31,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from models.base import SeqRecModel
-from models.checkpoint import save_checkpoint
+from models.checkpoint import load_weight_tensors, save_checkpoint, weight_tensors
 from models.data import PROTOCOLS, TRAIN, VALID, ItemVocab, SampleSet, fingerprint
 from models.evaluate import (
     evaluate_samples,
@@ -97,13 +97,15 @@ def save_resume(
     book: Bookkeeping,
     identity: dict[str, str],
 ) -> None:
-    tensors = {f"model.{k}": v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    weights, pinned = weight_tensors(model)
+    tensors = {f"model.{k}": v.cpu().clone() for k, v in weights.items()}
     optim, groups = optimizer_tensors(optimizer)
     tensors.update(optim)
     tensors["rng.cpu"] = torch.get_rng_state()
     if torch.cuda.is_available():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
-    metadata = {**identity, "param_groups": groups, "book": json.dumps(dataclasses.asdict(book))}
+    metadata = {**identity, **pinned, "param_groups": groups}
+    metadata["book"] = json.dumps(dataclasses.asdict(book))
     partial = path.with_suffix(path.suffix + ".partial")
     safetensors.torch.save_file(tensors, str(partial), metadata=metadata)
     partial.replace(path)
@@ -121,7 +123,8 @@ def load_resume(
                 f"{path} was written for a different run ({key}: {metadata.get(key)!r} vs "
                 f"{value!r}); pass --fresh to start over"
             )
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    weights = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
+    load_weight_tensors(model, weights, metadata, path)
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith("optim."):
