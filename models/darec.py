@@ -34,6 +34,7 @@ W backbone width, D model width, I catalogue size, N distinct items.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import ClassVar
 
 import numpy as np
@@ -85,6 +86,13 @@ class DARecConfig(SeqRecConfig):
         if PREFIX + self.tokens_per_item > BACKBONES[self.backbone].max_positions:
             raise ValueError("tokens_per_item exceeds the backbone's positions")
         parse_layer_adapters(self.adapters, layers)  # names a bad choice early
+
+
+@lru_cache(maxsize=1)
+def minilm_fingerprint() -> str:
+    """Hash of the installed MiniLM weight file (90 MB): read once per process, not at every
+    checkpoint or resume file that pins it."""
+    return file_hash(minilm_dir() / "model.safetensors")
 
 
 @register(DARecConfig)
@@ -152,9 +160,7 @@ class DARec(WindowModel):
             for name, parameter in self.encoder.named_parameters()
             if id(parameter) in base
         )
-        return PinnedWeights(
-            keys, "all-MiniLM-L6-v2", file_hash(minilm_dir() / "model.safetensors")
-        )
+        return PinnedWeights(keys, "all-MiniLM-L6-v2", minilm_fingerprint())
 
     # ----- catalogue text ---------------------------------------------------------------------
 
