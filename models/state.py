@@ -16,11 +16,11 @@ then the raw little-endian tensor bytes.
 from __future__ import annotations
 
 import functools
-import json
 import struct
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
+import orjson
 import torch
 from torch import Tensor
 
@@ -126,7 +126,7 @@ def read_state_header(data: bytes) -> dict[str, Any]:
 def frame_bytes(magic: bytes, version: int, header: dict[str, Any], blobs: list[bytes]) -> bytes:
     """``magic | version | header length | JSON header | blobs``: the layout of every binary
     value shiftstream writes (model states here, user snapshots in ``stream.userstate``)."""
-    header_bytes = json.dumps(header, separators=(",", ":")).encode()
+    header_bytes = orjson.dumps(header)
     return _PREFIX.pack(magic, version, len(header_bytes)) + header_bytes + b"".join(blobs)
 
 
@@ -142,7 +142,7 @@ def unframe_bytes(
         raise error(f"not {what} (magic {found_magic!r})")
     if found_version != version:
         raise error(f"{what}: format version {found_version}, this reader knows {version}")
-    header: dict[str, Any] = json.loads(data[_PREFIX.size : _PREFIX.size + header_len])
+    header: dict[str, Any] = orjson.loads(data[_PREFIX.size : _PREFIX.size + header_len])
     return header, _PREFIX.size + header_len
 
 

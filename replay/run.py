@@ -34,7 +34,7 @@ from replay.producer import (
     send_end_markers,
 )
 from replay.progress import NoProgress, ProgressSink
-from replay.schema import SCHEMA_VERSION, ItemFirstSeen, interaction_encoder, user_key
+from replay.schema import SCHEMA_VERSION, ItemFirstSeen, encode_interaction, user_key
 from replay.select import iso, select_events
 from replay.synthetic import SyntheticConfig, generate
 from stream.bootstrap import ensure_reachable
@@ -287,7 +287,6 @@ def _send_events(
         rows = pace(rows, offsets, clock)
     failures = FailureCounter()
     keys: dict[int, bytes] = {}
-    encode_event = interaction_encoder(dataset)  # byte-identical to schema.encode, faster
     send = producer.send
     sent = 0
     try:
@@ -295,7 +294,9 @@ def _send_events(
             key = keys.get(user)
             if key is None:
                 key = keys[user] = user_key(user)
-            value = encode_event(event_id, user, item, rating, time_s, cohort, shifted)
+            value = encode_interaction(
+                event_id, user, item, rating, time_s, dataset, cohort, shifted
+            )
             send(topic, key=key, value=value, partition=partition).add_errback(failures)
             sent += 1
             if paced or sent % PROGRESS_EVERY == 0:  # paced replays can be slow: every event
