@@ -1,7 +1,8 @@
 """Per-event rows and windowed aggregates with polars: the sink's fast path.
 
 ``prediction_rows`` turns prediction records into the per-event table (fixed schema
-``PREDICTION_SCHEMA``); ``window_table`` aggregates it per (model, event-time tumbling window)
+``PREDICTION_SCHEMA``; the sink builds it from decoded rows with ``table_row`` and
+``rows_frame``); ``window_table`` aggregates it per (model, event-time tumbling window)
 with cumulative and event-time fading columns (``WINDOW_SCHEMA``). The metric objects in
 ``stream.metrics`` are the reference; tests check both give the same numbers.
 """
@@ -15,7 +16,16 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from stream.records import HIT_KS, NDCG_KS, Prediction, rank_metrics
+from stream.records import (
+    HIT_KS,
+    NDCG_KS,
+    ROW_FIELDS,
+    ROW_PRODUCED_MS,
+    ROW_RANK,
+    Prediction,
+    rank_metrics,
+    row_of,
+)
 
 PREDICTION_SCHEMA: dict[str, pl.DataType] = {
     "model": pl.String(),
@@ -77,33 +87,31 @@ WINDOW_SCHEMA: dict[str, pl.DataType] = {
 def prediction_rows(
     predictions: Sequence[Prediction], written_ms: Sequence[float | None] | None = None
 ) -> pl.DataFrame:
-    columns: dict[str, list[Any]] = {name: [] for name in PREDICTION_SCHEMA}
-    for position, p in enumerate(predictions):
-        append_row(columns, p, None if written_ms is None else written_ms[position])
-    return pl.DataFrame(columns, schema=PREDICTION_SCHEMA)
+    """Predictions (and the Kafka timestamps of their records) -> the per-event table."""
+    written = [None] * len(predictions) if written_ms is None else written_ms
+    return rows_frame([table_row(row_of(p), w) for p, w in zip(predictions, written, strict=True)])
 
 
-def append_row(columns: dict[str, list[Any]], p: Prediction, written_ms: float | None) -> None:
-    """Append one prediction to per-column lists (``PREDICTION_SCHEMA`` names): the sink does
-    this for every (event, model), so the row is one tuple and the metrics of a rank are
-    computed once per distinct rank."""
-    latency = None if written_ms is None or p.produced_ms is None else written_ms - p.produced_ms
-    row = (
-        p.model, p.event_id, p.user, p.item, p.time, p.rank, p.n_candidates, p.cold_user,
-        p.cold_item, p.seen_item, p.oov_item, p.shift_score, p.cohort, p.shifted, p.batch_size,
-        p.produced_ms, p.predicted_ms, written_ms, latency, *rank_metrics(p.rank),
-    )  # fmt: skip
-    for name, value in zip(_ROW_COLUMNS, row, strict=True):
-        columns[name].append(value)
+def table_row(row: tuple[Any, ...], written_ms: float | None) -> tuple[Any, ...]:
+    """A decoded row (``ROW_FIELDS``) with what the sink adds to it, in ``TABLE_ROW_COLUMNS``
+    order: the record's Kafka timestamp, the latency, and the metrics of the rank (computed once
+    per distinct rank)."""
+    produced = row[ROW_PRODUCED_MS]
+    latency = None if written_ms is None or produced is None else written_ms - produced
+    return (*row, written_ms, latency, *rank_metrics(row[ROW_RANK]))
 
 
-# ``rank_metrics`` order
-_RANK_COLUMNS = [*(f"hr@{k}" for k in HIT_KS), *(f"ndcg@{k}" for k in NDCG_KS), "rr"]
-_ROW_COLUMNS = [
-    "model", "event_id", "user", "item", "time", "rank", "n_candidates", "cold_user",
-    "cold_item", "seen_item", "oov_item", "shift_score", "cohort", "shifted", "batch_size",
-    "produced_ms", "predicted_ms", "written_ms", "latency_ms", *_RANK_COLUMNS,
-]  # fmt: skip  # the order of ``append_row``'s tuple
+# the last columns in ``rank_metrics`` order
+TABLE_ROW_COLUMNS = (*ROW_FIELDS, "written_ms", "latency_ms", *WINDOW_METRICS)
+
+
+def rows_frame(rows: Sequence[tuple[Any, ...]]) -> pl.DataFrame:
+    """``table_row`` tuples -> a frame of ``PREDICTION_SCHEMA`` (columns in its order)."""
+    if not rows:
+        return pl.DataFrame(schema=PREDICTION_SCHEMA)
+    columns = dict(zip(TABLE_ROW_COLUMNS, map(list, zip(*rows, strict=True)), strict=True))
+    schema = {name: PREDICTION_SCHEMA[name] for name in TABLE_ROW_COLUMNS}
+    return pl.DataFrame(columns, schema=schema).select(list(PREDICTION_SCHEMA))
 
 
 def window_table(

@@ -17,12 +17,13 @@ True
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import Any
+
+import orjson
 
 from replay.schema import load_json_object
 from stream.metrics import hit_at, ndcg_at, reciprocal_rank
@@ -79,48 +80,118 @@ class PredictionEnd:
     partition_events: int
 
 
+@dataclass(frozen=True)
+class WireField:
+    """One field of a prediction record: its ``Prediction`` name, its short key on the wire, the
+    JSON types it may take, and its value when absent (``REQUIRED``: none, it must be there)."""
+
+    name: str
+    key: str
+    types: frozenset[type]
+    default: Any = None
+    required: bool = False
+
+
+def _field(name: str, key: str, *types: type, default: Any = None) -> WireField:
+    return WireField(name, key, frozenset(types), default)
+
+
+def _required(name: str, key: str, *types: type) -> WireField:
+    return WireField(name, key, frozenset(types), required=True)
+
+
+_NONE = type(None)
 # the event's fields, shared by every model's result (the encoder checks that they agree)
-_EVENT = {
-    "event_id": "id",
-    "user": "u",
-    "item": "i",
-    "time": "t",
-    "n_candidates": "n",
-    "cold_user": "cu",
-    "cold_item": "ci",
-    "seen_item": "si",
-    "cohort": "c",
-    "shifted": "s",
-    "produced_ms": "pt",
-    "predicted_ms": "wt",
-    "batch_size": "b",
-}
+EVENT_FIELDS = (
+    _required("event_id", "id", int),
+    _required("user", "u", int),
+    _required("item", "i", int),
+    _required("time", "t", float, int),
+    _required("n_candidates", "n", int),
+    _field("cold_user", "cu", bool, default=False),
+    _field("cold_item", "ci", bool, default=False),
+    _field("seen_item", "si", bool, default=False),
+    _field("cohort", "c", bool, default=False),
+    _field("shifted", "s", bool, default=False),
+    _field("produced_ms", "pt", float, int, _NONE),
+    _field("predicted_ms", "wt", float, int, _NONE),
+    _field("batch_size", "b", int, default=0),
+)
 # one entry per model
-_MODEL = {"model": "m", "rank": "r", "oov_item": "oi", "shift_score": "ss"}
-_EVENT_LONG = {v: k for k, v in _EVENT.items()}
-_MODEL_LONG = {v: k for k, v in _MODEL.items()}
+MODEL_FIELDS = (
+    _required("model", "m", str),
+    _required("rank", "r", int, _NONE),
+    _field("oov_item", "oi", bool, default=False),
+    _field("shift_score", "ss", float, int, _NONE),
+)
+# the sink's unit: one tuple per (event, model), the model's fields first (``decode_rows``)
+ROW_FIELDS = tuple(f.name for f in (*MODEL_FIELDS, *EVENT_FIELDS))
+ROW_MODEL, ROW_RANK, ROW_EVENT_ID, ROW_PRODUCED_MS = (
+    ROW_FIELDS.index(name) for name in ("model", "rank", "event_id", "produced_ms")
+)
+row_of = attrgetter(*ROW_FIELDS)  # Prediction -> its row
+
+
+class WireReader:
+    """Reads a group of fields out of a decoded JSON object in one pass: a tuple of their values
+    in the group's order, defaults filled in, every type checked (a value of the wrong type would
+    otherwise surface much later, when the sink builds its Parquet columns)."""
+
+    def __init__(self, fields: tuple[WireField, ...], what: str) -> None:
+        self.fields = fields
+        self.what = what
+        self.defaults = {f.key: f.default for f in fields if not f.required}
+        self.pick = itemgetter(*(f.key for f in fields))
+
+    def __call__(self, payload: Any) -> tuple[Any, ...]:
+        if not isinstance(payload, dict):
+            raise MalformedPrediction(f"{self.what} is not a JSON object: {payload!r}")
+        try:
+            values: tuple[Any, ...] = self.pick({**self.defaults, **payload})
+        except KeyError as missing:
+            raise MalformedPrediction(f"{self.what} lacks field {missing}") from None
+        for value, wire in zip(values, self.fields, strict=True):
+            if type(value) not in wire.types:
+                raise MalformedPrediction(
+                    f"{self.what}: field {wire.key!r} ({wire.name}) has the wrong type: {value!r}"
+                )
+        return values
+
+
+_read_event = WireReader(EVENT_FIELDS, "a prediction record")
+_read_model = WireReader(MODEL_FIELDS, "a model result")
+_read_end = WireReader(
+    (
+        _required("model", "model", str),
+        *(_required(name, name, int) for name in ("partition", "partitions", "total_events")),
+        _required("partition_events", "partition_events", int),
+    ),
+    "an end marker",
+)
 
 
 def encode_predictions(records: Sequence[Prediction]) -> bytes:
     """One event's predictions (every model's) as one record."""
     if not records:
         raise ValueError("no predictions to encode")
-    shared = _event_fields(records[0])
+    shared = _event_values(records[0])
     payload: dict[str, Any] = {"v": PREDICTION_VERSION, "k": "pred"}
-    payload.update(zip(_EVENT.values(), shared, strict=True))
+    payload.update(zip(_EVENT_KEYS, shared, strict=True))
     entries = []
     for record in records:
-        if _event_fields(record) != shared:
+        if _event_values(record) != shared:
             raise ValueError(f"predictions of different events in one record: {records}")
-        entry = dict(zip(_MODEL.values(), _model_fields(record), strict=True))
+        entry = dict(zip(_MODEL_KEYS, _model_values(record), strict=True))
         entry.update(_derived(record.rank))
         entries.append(entry)
     payload["ms"] = entries
-    return json.dumps(payload, separators=(",", ":")).encode()
+    return orjson.dumps(payload)
 
 
-_event_fields = attrgetter(*_EVENT)
-_model_fields = attrgetter(*_MODEL)
+_event_values = attrgetter(*(f.name for f in EVENT_FIELDS))
+_model_values = attrgetter(*(f.name for f in MODEL_FIELDS))
+_EVENT_KEYS = tuple(f.key for f in EVENT_FIELDS)
+_MODEL_KEYS = tuple(f.key for f in MODEL_FIELDS)
 
 
 @lru_cache(maxsize=8192)
@@ -155,35 +226,34 @@ def encode_events(predictions: Sequence[Prediction]) -> list[tuple[bytes, bytes]
 
 def encode_end(record: PredictionEnd) -> bytes:
     payload = {"v": PREDICTION_VERSION, "k": "eos", **asdict(record)}
-    return json.dumps(payload, separators=(",", ":")).encode()
+    return orjson.dumps(payload)
 
 
 def decode_predictions(data: bytes | None) -> list[Prediction] | PredictionEnd:
     """-> every model's ``Prediction`` of one event, or an end marker."""
+    rows = decode_rows(data)
+    if isinstance(rows, PredictionEnd):
+        return rows
+    return [Prediction(**dict(zip(ROW_FIELDS, row, strict=True))) for row in rows]
+
+
+def decode_rows(data: bytes | None) -> list[tuple[Any, ...]] | PredictionEnd:
+    """``decode_predictions`` without a ``Prediction`` per model (the sink's hot path): one tuple
+    per model in ``ROW_FIELDS`` order, or an end marker. Raises ``MalformedPrediction`` naming
+    the missing or mistyped field."""
     payload = load_json_object(data, MalformedPrediction)
     if payload.get("v") != PREDICTION_VERSION:
         raise MalformedPrediction(f"not a version-{PREDICTION_VERSION} prediction record")
-    kind = payload.pop("k", None)
-    payload.pop("v")
-    try:
-        if kind == "eos":
-            return PredictionEnd(**payload)
-        if kind == "pred":
-            return _decode_event(payload)
-    except (TypeError, AttributeError) as error:
-        raise MalformedPrediction(f"bad fields: {error}") from error
-    raise MalformedPrediction(f"unknown kind {kind!r}")
-
-
-def _decode_event(payload: dict[str, Any]) -> list[Prediction]:
+    kind = payload.get("k")
+    if kind == "eos":
+        return PredictionEnd(*_read_end(payload))
+    if kind != "pred":
+        raise MalformedPrediction(f"unknown kind {kind!r}")
     entries = payload.get("ms")
     if not isinstance(entries, list) or not entries:
         raise MalformedPrediction("a prediction record without model results")
-    shared = {_EVENT_LONG[k]: v for k, v in payload.items() if k in _EVENT_LONG}
-    return [
-        Prediction(**shared, **{_MODEL_LONG[k]: v for k, v in entry.items() if k in _MODEL_LONG})
-        for entry in entries
-    ]
+    shared = _read_event(payload)
+    return [_read_model(entry) + shared for entry in entries]
 
 
 def prediction_key(record: Sequence[Prediction] | PredictionEnd) -> bytes:
@@ -205,4 +275,4 @@ def encode_dead_letter(
         "offset": offset,
         "value": None if value is None else value.decode("utf-8", errors="replace"),
     }
-    return json.dumps(payload, separators=(",", ":")).encode()
+    return orjson.dumps(payload)

@@ -29,12 +29,15 @@ from typing import Any
 import polars as pl
 import pyarrow.parquet as pq
 
-from stream.aggregate import PREDICTION_SCHEMA, append_row, window_table
+from stream.aggregate import rows_frame, table_row, window_table
 from stream.records import (
+    ROW_EVENT_ID,
+    ROW_MODEL,
     MalformedPrediction,
     Prediction,
     PredictionEnd,
-    decode_predictions,
+    decode_rows,
+    row_of,
 )
 
 log = logging.getLogger(__name__)
@@ -68,47 +71,56 @@ def write_json_atomic(document: dict[str, Any], path: Path) -> None:
 
 @dataclass
 class SinkState:
-    """Deduplicated per-event columns and the end markers seen; no I/O."""
+    """Deduplicated per-event rows and the end markers seen; no I/O.
+
+    Rows arrive as tuples (``table_row``) and become a polars chunk when the frame is asked for,
+    so a flush converts only the rows that came since the last one, and the table lives in
+    columns (8 bytes a value) rather than Python objects."""
 
     expected_models: set[str] | None = None
-    columns: dict[str, list[Any]] = field(
-        default_factory=lambda: {name: [] for name in PREDICTION_SCHEMA}
-    )
-    keys: set[tuple[int, str]] = field(default_factory=set)
-    per_model: dict[str, int] = field(default_factory=dict)
+    seen: dict[str, set[int]] = field(default_factory=dict)  # event ids per model
     ends: dict[tuple[str, int], PredictionEnd] = field(default_factory=dict)
     duplicates: int = 0
     malformed: int = 0
+    pending: list[tuple[Any, ...]] = field(default_factory=list)  # rows not in a chunk yet
+    chunks: list[pl.DataFrame] = field(default_factory=list)
 
     def add_value(self, value: bytes | None, written_ms: float | None) -> None:
         try:
-            record = decode_predictions(value)
+            decoded = decode_rows(value)
         except MalformedPrediction as error:
             self.malformed += 1
             log.warning("malformed prediction record: %s", error)
             return
-        if isinstance(record, PredictionEnd):
-            self.add(record)
+        if isinstance(decoded, PredictionEnd):
+            self.add(decoded)
             return
-        for prediction in record:
-            self.add(prediction, written_ms)
+        for row in decoded:
+            self.add_row(row, written_ms)
 
     def add(self, record: Prediction | PredictionEnd, written_ms: float | None = None) -> None:
         if isinstance(record, PredictionEnd):
             self.ends[(record.model, record.partition)] = record
             return
-        key = (record.event_id, record.model)
-        if key in self.keys:
+        self.add_row(row_of(record), written_ms)
+
+    def add_row(self, row: tuple[Any, ...], written_ms: float | None) -> None:
+        """One decoded row (``ROW_FIELDS``), unless its (event, model) was seen before."""
+        seen = self.seen.setdefault(row[ROW_MODEL], set())
+        if row[ROW_EVENT_ID] in seen:
             self.duplicates += 1
             return
-        self.keys.add(key)
-        self.per_model[record.model] = self.per_model.get(record.model, 0) + 1
-        append_row(self.columns, record, written_ms)
+        seen.add(row[ROW_EVENT_ID])
+        self.pending.append(table_row(row, written_ms))
+
+    @property
+    def per_model(self) -> dict[str, int]:
+        return {model: len(events) for model, events in self.seen.items()}
 
     def models(self) -> set[str]:
         if self.expected_models is not None:
             return set(self.expected_models)
-        return {model for model, _ in self.ends} | set(self.per_model)
+        return {model for model, _ in self.ends} | set(self.seen)
 
     def complete(self) -> bool:
         models = self.models()
@@ -120,12 +132,18 @@ class SinkState:
                 return False
             if len({end.partition for end in ends}) < ends[0].partitions:
                 return False
-            if self.per_model.get(model, 0) < ends[0].total_events:
+            if len(self.seen.get(model, ())) < ends[0].total_events:
                 return False
         return True
 
     def frame(self) -> pl.DataFrame:
-        return pl.DataFrame(self.columns, schema=PREDICTION_SCHEMA).sort(["model", "event_id"])
+        if self.pending:
+            self.chunks.append(rows_frame(self.pending))
+            self.pending = []
+        if len(self.chunks) > 1:
+            self.chunks = [pl.concat(self.chunks)]
+        table = self.chunks[0] if self.chunks else rows_frame([])
+        return table.sort(["model", "event_id"])
 
     def summary(self) -> dict[str, Any]:
         announced = {m: e.total_events for (m, _), e in self.ends.items()}

@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from stream.aggregate import PREDICTION_SCHEMA, WINDOW_SCHEMA, prediction_rows
+from stream.aggregate import PREDICTION_SCHEMA, TABLE_ROW_COLUMNS, WINDOW_SCHEMA, prediction_rows
 from stream.records import (
     MalformedPrediction,
     Prediction,
@@ -55,6 +55,14 @@ def test_one_record_per_event_carries_every_model_and_decodes_back() -> None:
     assert payload["ms"][0]["h5"] == 1 and payload["ms"][1]["h20"] == 0  # metrics travel too
 
 
+def test_the_rows_fill_the_prediction_table_exactly() -> None:
+    assert sorted(TABLE_ROW_COLUMNS) == sorted(PREDICTION_SCHEMA)
+    frame = prediction_rows([_prediction(0, "pop"), _prediction(1, "pop", rank=None)], [9.0, None])
+    assert frame.schema == pl.Schema(PREDICTION_SCHEMA)
+    assert frame["latency_ms"].to_list() == [4.0, None]
+    assert frame["rr"].to_list() == [1 / 3, 0.0]
+
+
 def test_event_fields_must_agree_within_a_record() -> None:
     with pytest.raises(ValueError, match="different events"):
         encode_predictions([_prediction(0, "pop"), replace(_prediction(0, "a"), n_candidates=3)])
@@ -69,6 +77,13 @@ def test_event_fields_must_agree_within_a_record() -> None:
         b'{"v":2,"k":"pred","id":0,"u":0,"i":7,"t":1.0,"n":3,"ms":[]}',
         b'{"v":2,"k":"pred","id":0,"u":0,"i":7,"t":1.0,"n":3,"ms":[7]}',
         b'{"v":2,"k":"pred","id":0,"u":0,"t":1.0,"n":3,"ms":[{"m":"pop","r":1}]}',
+        # mistyped fields would otherwise break the Parquet columns at the next flush
+        b'{"v":2,"k":"pred","id":0,"u":"0","i":7,"t":1.0,"n":3,"ms":[{"m":"pop","r":1}]}',
+        b'{"v":2,"k":"pred","id":0,"u":0,"i":7,"t":1.0,"n":3,"ms":[{"m":"pop","r":1.5}]}',
+        b'{"v":2,"k":"pred","id":0,"u":0,"i":7,"t":1.0,"n":3,"cu":1,"ms":[{"m":"pop","r":1}]}',
+        b'{"v":2,"k":"pred","id":0,"u":0,"i":7,"t":1.0,"n":3,"pt":"x","ms":[{"m":"pop","r":1}]}',
+        b'{"v":2,"k":"eos","model":"pop","partition":"0","partitions":1,"total_events":1,'
+        b'"partition_events":1}',
     ],
 )
 def test_malformed_prediction_records_are_rejected(value: bytes) -> None:
@@ -85,7 +100,8 @@ def test_duplicates_are_dropped_by_event_and_model(tmp_path: Path) -> None:
     for event_id in (1, 3):
         state.add_value(encode_predictions([_prediction(event_id, "sasrec", rank=99)]), 50.0)
     state.add_value(b"{broken", 1.0)
-    assert state.duplicates == 2 and state.malformed == 1
+    state.add_value(b'{"v":2,"k":"pred","id":9,"u":"x","i":7,"t":1.0,"n":3,"ms":[{"m":"pop"}]}', 1)
+    assert state.duplicates == 2 and state.malformed == 2
     frame = state.frame()
     assert frame.height == 8
     assert frame.filter(pl.col("model") == "sasrec")["rank"].to_list() == [3, 3, 3, 3]
