@@ -83,7 +83,7 @@ class PredictionEnd:
 @dataclass(frozen=True)
 class WireField:
     """One field of a prediction record: its ``Prediction`` name, its short key on the wire, the
-    JSON types it may take, and its value when absent (``REQUIRED``: none, it must be there)."""
+    JSON types it may take, and its value when absent (a required field must be there)."""
 
     name: str
     key: str
@@ -160,12 +160,9 @@ class WireReader:
 
 _read_event = WireReader(EVENT_FIELDS, "a prediction record")
 _read_model = WireReader(MODEL_FIELDS, "a model result")
+_END_COUNTS = ("partition", "partitions", "total_events", "partition_events")
 _read_end = WireReader(
-    (
-        _required("model", "model", str),
-        *(_required(name, name, int) for name in ("partition", "partitions", "total_events")),
-        _required("partition_events", "partition_events", int),
-    ),
+    (_required("model", "model", str), *(_required(name, name, int) for name in _END_COUNTS)),
     "an end marker",
 )
 

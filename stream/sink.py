@@ -75,7 +75,7 @@ class SinkState:
 
     Rows arrive as tuples (``table_row``) and become a polars chunk when the frame is asked for,
     so a flush converts only the rows that came since the last one, and the table lives in
-    columns (8 bytes a value) rather than Python objects."""
+    typed columns rather than Python objects."""
 
     expected_models: set[str] | None = None
     seen: dict[str, set[int]] = field(default_factory=dict)  # event ids per model
