@@ -14,7 +14,8 @@ True
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from operator import attrgetter
 from typing import Any
 
 import orjson
@@ -36,6 +37,14 @@ class Interaction:
     dataset: str  # dataset name, e.g. "ml-1m"
     cohort: bool = False  # ground truth: the user belongs to an injected/synthetic shift cohort
     shifted: bool = False  # ground truth: this event comes after the user's shift
+
+    def __reduce__(self) -> tuple[type[Interaction], tuple[Any, ...]]:
+        # The worker pickles every event to its model processes; the default for a frozen
+        # dataclass with slots goes through a state list and a setattr per field (2x slower).
+        return Interaction, _interaction_fields(self)
+
+
+_interaction_fields = attrgetter(*(f.name for f in fields(Interaction)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@ floats are handled as documented, our partitioner equals Kafka's default one."""
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,12 @@ def test_interactions_round_trip_on_the_real_subset(ml1m_subset_dir: Path) -> No
 )
 def test_interaction_edge_cases_round_trip(event: Interaction) -> None:
     assert decode(encode(event)) == event
+
+
+def test_interactions_pickle_to_equal_values() -> None:
+    # the worker pickles events to its model processes (``Interaction.__reduce__``)
+    events = [Interaction(0, 1, 2, None, 1.5e9, "x"), Interaction(3, 4, 5, 4.0, 2.0, "y", True)]
+    assert pickle.loads(pickle.dumps(events, protocol=pickle.HIGHEST_PROTOCOL)) == events
 
 
 def test_non_finite_floats_travel_as_null() -> None:
