@@ -58,7 +58,7 @@ class Settings:
     passthrough: bool = False  # benchmark baseline: decode and forward, no model work
     window_s: float = 7 * 86_400.0  # sink: tumbling event-time window size
     half_life_s: float = 7 * 86_400.0  # sink: event-time fading half-life
-    sink_flush_s: float = 30.0  # sink: rewrite the Parquet files at most this often
+    sink_flush_s: float = 30.0  # sink: rewrite the Parquet files at most this often (FlushSchedule)
 
     @classmethod
     def load(

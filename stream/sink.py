@@ -174,6 +174,31 @@ def write_outputs(state: SinkState, config: SinkConfig) -> pl.DataFrame:
     return windows
 
 
+class FlushSchedule:
+    """When to rewrite the output files while the stream runs.
+
+    Each rewrite covers the whole table, so its cost grows with the run (3.8 s at 1.8 M rows):
+    after a rewrite the next one waits ``every_s``, or ``1 / max_share`` times as long as the
+    rewrite took if that is longer, so rewrites take at most ``max_share`` of the sink's time
+    however long the run. The clock is injected."""
+
+    def __init__(self, every_s: float, clock: Callable[[], float], max_share: float = 0.1) -> None:
+        self.every_s = every_s
+        self.clock = clock
+        self.max_share = max_share
+        self.next_at = clock() + every_s
+
+    def maybe_write(self, write: Callable[[], object]) -> bool:
+        """Call ``write`` if a rewrite is due; -> whether it was."""
+        if self.clock() < self.next_at:
+            return False
+        started = self.clock()
+        write()
+        finished = self.clock()
+        self.next_at = finished + max(self.every_s, (finished - started) / self.max_share)
+        return True
+
+
 class KafkaSink:
     """Consume ``predictions`` until complete (or timeout), flushing Parquet as it goes."""
 
@@ -220,7 +245,7 @@ class KafkaSink:
             assigned = [TopicPartition(self.topic, p) for p in sorted(partitions)]
             consumer.assign(assigned)
             consumer.seek_to_beginning(*assigned)
-            last_flush = self.clock()
+            schedule = FlushSchedule(self.config.flush_s, self.clock)
             while not self.state.complete():
                 if self.clock() > deadline or self.stop_requested.is_set():
                     write_outputs(self.state, self.config)
@@ -230,9 +255,7 @@ class KafkaSink:
                 for messages in consumer.poll(timeout_ms=200).values():
                     for message in messages:
                         self.state.add_value(message.value, float(message.timestamp))
-                if self.clock() - last_flush > self.config.flush_s:
-                    write_outputs(self.state, self.config)
-                    last_flush = self.clock()
+                schedule.maybe_write(lambda: write_outputs(self.state, self.config))
             write_outputs(self.state, self.config)
             return self.state
         finally:

@@ -25,6 +25,7 @@ from stream.records import (
 from stream.sink import (
     PREDICTIONS_FILE,
     WINDOWS_FILE,
+    FlushSchedule,
     SinkConfig,
     SinkState,
     write_outputs,
@@ -196,3 +197,20 @@ def test_a_prediction_row_puts_every_field_in_its_own_column() -> None:
             **{flag: getattr(p, flag) for flag in flags},
         }  # fmt: skip
         assert got == pytest.approx(expected)
+
+
+def test_rewrites_wait_longer_as_they_grow_slower() -> None:
+    now = [0.0]
+    schedule = FlushSchedule(every_s=10.0, clock=lambda: now[0], max_share=0.1)
+    durations = iter([0.5, 5.0, 0.2])
+    written_at: list[float] = []
+
+    def write() -> None:  # a rewrite that takes the next duration on the clock
+        written_at.append(now[0])
+        now[0] += next(durations)
+
+    for second in range(80):
+        now[0] = max(now[0], float(second))
+        schedule.maybe_write(write)
+    # 10 s after the start; 10 s after a 0.5 s rewrite; 50 s after a 5 s one (a tenth of the time)
+    assert written_at == [10.0, 21.0, 76.0]
