@@ -190,9 +190,9 @@ class FlushSchedule:
 
     def maybe_write(self, write: Callable[[], object]) -> bool:
         """Call ``write`` if a rewrite is due; -> whether it was."""
-        if self.clock() < self.next_at:
-            return False
         started = self.clock()
+        if started < self.next_at:
+            return False
         write()
         finished = self.clock()
         self.next_at = finished + max(self.every_s, (finished - started) / self.max_share)
