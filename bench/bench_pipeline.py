@@ -19,10 +19,12 @@ start-up and group join do not count. Latency is produced -> prediction written 
 ``--speed max`` it is dominated by the backlog (every event is produced within a second).
 Memory per user is the size of the serialized user snapshot (the table value) and of each model's
 state, averaged over the users. CPU per event is the CPU time (user + system, from ``/proc``) each
-part of a run used over the run, divided by its events: the worker's main process, its model
-processes (split into their main threads, which run the model step, and their other threads, the
-global-view readers), this process (replayer and sink) and the broker. On a machine with few
-cores the parts compete, so their sum, not the worker's alone, sets the throughput. Snapshot
+part of a run used in the steady window the throughput is measured over, divided by the events
+written in it: the worker's main process, its model processes (split into their main threads,
+which run the model step, and their other threads, the global-view readers), this process
+(replayer and sink) and the broker. On a machine with few cores the parts compete, so their sum,
+not the worker's alone, sets the throughput; busy cores (the machine's, from ``/proc/stat``, over
+the same window) says how close a run came to using every core. Snapshot
 writes per event counts the records of the worker's state changelog (one per touched user per
 micro-batch).
 
@@ -37,12 +39,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
@@ -76,12 +80,22 @@ def load_log(dataset: str, events: int, data_dir: Path) -> InteractionLog:
     return generate(SyntheticConfig(users=max(50, events // 20), items=1000, events=events))
 
 
-def steady_rate(frame: pl.DataFrame) -> float:
-    written = frame["written_ms"].drop_nulls().sort()
+def steady_window(written_ms: pl.Series) -> tuple[float, float] | None:
+    """The steady state of a run: from the 10 % to the 90 % quantile of the times its
+    predictions were written (ms), so worker start-up and the last stragglers do not count."""
+    written = written_ms.drop_nulls().sort()
     low, high = written.quantile(0.1), written.quantile(0.9)
     if low is None or high is None or high <= low:
+        return None
+    return low, high
+
+
+def steady_rate(frame: pl.DataFrame) -> float:
+    window = steady_window(frame["written_ms"])
+    if window is None:
         return float("nan")
-    return 0.8 * written.len() / ((high - low) / 1000.0)
+    low, high = window
+    return 0.8 * frame["written_ms"].drop_nulls().len() / ((high - low) / 1000.0)
 
 
 def measure(out_dir: Path, model: str, settle_s: float | None = None) -> dict[str, float]:
@@ -114,6 +128,16 @@ def cpu_seconds(pid: int, thread: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
 
 
+def machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, all) CPU seconds of the whole machine since boot, summed over its cores
+    (``/proc/stat``: user, nice, system, idle, iowait, irq, softirq, steal; idle, iowait and
+    steal, the time the hypervisor ran something else, count as not busy)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+    user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in fields)
+    busy = user + nice + system + irq + softirq
+    return busy / CLOCK_TICKS, (busy + idle + iowait + steal) / CLOCK_TICKS
+
+
 def child_pids(pid: int) -> list[int]:
     try:
         return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
@@ -121,22 +145,26 @@ def child_pids(pid: int) -> list[int]:
         return []
 
 
-class CpuMeter:
-    """CPU seconds per event of each part of one run in its steady state: between the samples
-    at which the sink had 10 % and 90 % of the events (``sample`` is the pipeline's progress
-    callback, called every 0.1 s), so start-up (imports, model loading) does not count."""
+@dataclass
+class CpuSample:
+    at_ms: float  # wall clock, as the predictions' write times
+    parts: dict[str, float]  # CPU seconds used so far, per part of the run
+    machine: tuple[float, float]  # (busy, all) CPU seconds of the machine
 
-    def __init__(self, broker_pid: int | None, events: int) -> None:
+
+class CpuMeter:
+    """Samples each part's CPU time every ``INTERVAL_S`` during a run (``sample`` is the
+    pipeline's progress callback); ``per_event_ms`` turns the samples inside the run's steady
+    window, the one its throughput is measured over, into CPU ms per event of each part, and
+    the machine's busy cores: how close the run came to using every core."""
+
+    INTERVAL_S = 0.02  # the passthrough's steady state can be shorter than half a second
+
+    def __init__(self, broker_pid: int | None) -> None:
         self.broker_pid = broker_pid
-        self.events = events
-        self.first: tuple[int, dict[str, float]] | None = None  # (events done, CPU s per part)
-        self.last: tuple[int, dict[str, float]] | None = None
+        self.samples: list[CpuSample] = []
 
     def sample(self, running: list[RunningGroup]) -> None:
-        counts = [min(g.sink.state.per_model.values(), default=0) for g in running]
-        done = min(counts, default=0)
-        if done < 0.1 * self.events or (self.last is not None and done > 0.9 * self.events):
-            return
         workers = [p.pid for group in running for p in group.processes if p.pid is not None]
         children = [c for pid in workers for c in child_pids(pid)]
         in_children = sum(cpu_seconds(pid) for pid in children)
@@ -149,19 +177,27 @@ class CpuMeter:
             "bench": time.process_time(),
             "broker": 0.0 if self.broker_pid is None else cpu_seconds(self.broker_pid),
         }
-        if self.first is None:
-            self.first = (done, used)
-        self.last = (done, used)
+        self.samples.append(CpuSample(time.time() * 1000.0, used, machine_cpu_seconds()))
 
-    def per_event_ms(self) -> dict[str, float]:
-        if self.first is None or self.last is None or self.last[0] <= self.first[0]:
+    def per_event_ms(self, written_ms: pl.Series) -> dict[str, float]:
+        window = steady_window(written_ms)
+        if window is None:
             return {}
-        events = self.last[0] - self.first[0]
+        inside = [s for s in self.samples if window[0] <= s.at_ms <= window[1]]
+        if len(inside) < 2:
+            return {}
+        first, last = inside[0], inside[-1]
+        events = int(written_ms.is_between(first.at_ms, last.at_ms).sum())
+        if not events:
+            return {}
         parts = {
-            f"cpu_ms_per_event {part}": (self.last[1][part] - seconds) * 1000.0 / events
-            for part, seconds in self.first[1].items()
+            f"cpu_ms_per_event {part}": (last.parts[part] - seconds) * 1000.0 / events
+            for part, seconds in first.parts.items()
         }
         parts["cpu_ms_per_event total"] = sum(parts.values())
+        busy = last.machine[0] - first.machine[0]
+        span = last.machine[1] - first.machine[1]
+        parts["busy cores"] = (os.cpu_count() or 1) * busy / span if span > 0 else math.nan
         return parts
 
 
@@ -274,16 +310,24 @@ def main(argv: list[str] | None = None) -> int:
                     }
                 )
                 out = work / tag
-                meter = CpuMeter(broker_pid, log.events.height)
+                meter = CpuMeter(broker_pid)
                 result = run_pipeline(
-                    log, [Group(settings, out)], bootstrap, timeout_s=3000, progress=meter.sample
+                    log,
+                    [Group(settings, out)],
+                    bootstrap,
+                    timeout_s=3000,
+                    progress=meter.sample,
+                    progress_interval_s=CpuMeter.INTERVAL_S,
                 )
                 assert result.state.complete(), result.state.summary()
                 name = label if args.repeat == 1 else f"{label} #{repetition + 1}"
                 models = ["passthrough"] if passthrough else list(settings.models)
                 for model in models:
                     results[f"{name}:{model}"] = measure(out, model)
-                cpu[name] = meter.per_event_ms()
+                written = pl.read_parquet(out / PREDICTIONS_FILE).filter(
+                    pl.col("model") == models[-1]
+                )["written_ms"]
+                cpu[name] = meter.per_event_ms(written)
                 writes = changelog_records(bootstrap, f"{settings.app_id}-user-states-changelog")
                 cpu[name]["snapshot writes per event"] = writes / log.events.height
                 rate = results[f"{name}:{models[-1]}"]["events_per_s"]
@@ -345,12 +389,15 @@ def main(argv: list[str] | None = None) -> int:
     for name, value in memory.items():
         print(f"memory {name}: {value:,.0f} B")
     parts = ["worker", "model threads", "view readers", "bench", "broker", "total"]
-    print(f"\nCPU ms per event, steady state (bench: this process: replayer and sink)\n{'run':<28}"
-          + "".join(f"{part:>14}" for part in parts) + f"{'snapshot writes/ev':>19}")  # fmt: skip
+    print(f"\nCPU ms per event, steady state (bench: this process: replayer and sink; busy cores:"
+          f" the machine's, of {os.cpu_count()})\n{'run':<28}"
+          + "".join(f"{part:>14}" for part in parts) + f"{'busy cores':>12}"
+          + f"{'snapshot writes/ev':>19}")  # fmt: skip
     for name, row in cpu.items():
         print(f"{name:<28}" + "".join(
             f"{row.get(f'cpu_ms_per_event {part}', float('nan')):>14.3f}" for part in parts
-        ) + f"{row['snapshot writes per event']:>19.3f}")  # fmt: skip
+        ) + f"{row.get('busy cores', float('nan')):>12.2f}"
+          + f"{row['snapshot writes per event']:>19.3f}")  # fmt: skip
     if args.json:
         numbers = {"results": results, "memory": memory, "ratios": ratios, "cpu": cpu,
                    "ratio_runs": ratio_runs, "args": vars(args)}  # fmt: skip

@@ -126,8 +126,10 @@ def run_pipeline(
     replay_options: dict[str, Any] | None = None,
     before_replay: Callable[[str, list[RunningGroup]], None] | None = None,
     progress: Callable[[list[RunningGroup]], None] | None = None,
+    progress_interval_s: float = 0.1,
 ) -> PipelineResult:
-    """Replay ``log_`` once through every group; return when every sink is complete."""
+    """Replay ``log_`` once through every group; return when every sink is complete.
+    ``progress`` is called about every ``progress_interval_s`` while the sinks drain."""
     from replay.run import replay_log
 
     if not groups:
@@ -157,7 +159,7 @@ def run_pipeline(
         )
         replay_done = time.monotonic()
         deadline = started + timeout_s
-        while not all(item.sink.finished.wait(0.1) for item in running):
+        while not all(item.sink.finished.wait(progress_interval_s) for item in running):
             if progress is not None:
                 progress(running)
             for item in running:
