@@ -25,14 +25,15 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Collection, Mapping, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
 from replay.schema import Interaction
 from stream.processes import die_with_parent
 from stream.settings import Settings
-from stream.worker import BatchOutput, ViewReader, build_core
+from stream.worker import IN_FLIGHT, BatchOutput, ViewReader, build_core
 
 START_TIMEOUT_S = 300.0  # loading checkpoints (DARec reads a language model) can take a while
 STOP_TIMEOUT_S = 5.0
@@ -86,6 +87,12 @@ class ModelProcess:
     ) -> None:
         self._requests.put(("process", list(events), dict(stored), produced_ms, batch_size))
 
+    def forget(self, users: Collection[int]) -> None:
+        """Drop these users' decoded snapshots: another shard has them now. Queued like a
+        batch, so it cannot overtake one; no answer."""
+        if users:
+            self._requests.put(("forget", list(users)))
+
     def result(self) -> BatchOutput:
         output: BatchOutput = self._reply(None, "processing a batch")
         return output
@@ -130,13 +137,14 @@ class ModelProcess:
 
 
 class ModelShards:
-    """``count`` model processes; shard ``user % count`` owns the user's state and events.
+    """``count`` model processes; each batch is split by user between them (``assign_shards``).
 
     Per-user models are independent across users, and the candidates and popularity come from
     the global view in event time, so splitting a batch by user changes no result (the same
-    argument that makes results independent of the micro-batch size). ``process`` has
-    ``WorkerCore.process``'s signature; ``submit`` and ``collect`` are its two halves, so the
-    shards compute side by side and the next batch can be queued before this one is back.
+    argument that makes results independent of the micro-batch size), whichever shard takes a
+    user. ``process`` has ``WorkerCore.process``'s signature; ``submit`` and ``collect`` are its
+    two halves, so the shards compute side by side and the next batch can be queued before this
+    one is back.
     """
 
     def __init__(self, settings: Settings, bootstrap: str, count: int) -> None:
@@ -151,6 +159,7 @@ class ModelShards:
             self.stop()
             raise
         self.model_names = names[0]
+        self.owner: dict[int, int] = {}  # user -> the shard that made the user's newest snapshot
 
     def start_view(self) -> None:
         for shard in self.shards:
@@ -172,10 +181,17 @@ class ModelShards:
     ) -> list[ModelProcess]:
         """Queue each shard's part of the batch; -> the shards that got one (for ``collect``).
         Returns at once: the agent hands the next batch over while the shards still work."""
-        count = len(self.shards)
-        parts: list[list[Interaction]] = [[] for _ in range(count)]
+        chosen = assign_shards(events, stored, self.owner, len(self.shards))
+        left: list[list[int]] = [[] for _ in self.shards]  # users that move, by the shard left
+        for user, index in chosen.items():
+            if self.owner.get(user, index) != index:
+                left[self.owner[user]].append(user)
+        for process, moved in zip(self.shards, left, strict=True):
+            process.forget(moved)  # not in flight, so that shard is done with them
+        self.owner.update(chosen)
+        parts: list[list[Interaction]] = [[] for _ in self.shards]
         for event in events:
-            parts[event.user % count].append(event)
+            parts[chosen[event.user]].append(event)  # in order: a user's events stay in order
         busy = []
         for shard, part in zip(self.shards, parts, strict=True):
             if part:
@@ -200,6 +216,39 @@ class ModelShards:
     def stop(self) -> None:
         for shard in self.shards:
             shard.stop()
+
+
+def assign_shards(
+    events: Sequence[Interaction],
+    stored: Mapping[int, bytes | None],
+    owner: Mapping[int, int],
+    count: int,
+) -> dict[int, int]:
+    """-> the shard (0..count-1) of each user of the batch, so that the shards get about as many
+    events each: a batch is done when its slowest shard is, and one user can hold most of it.
+
+    A user whose newest snapshot is still in flight (``IN_FLIGHT``) goes to ``owner[user]``, the
+    shard that made it and the only one that has it. Any other user's newest snapshot is the
+    stored one, so any shard can take the user: heaviest first, a user stays with its owner
+    (which holds its decoded snapshot) while that shard is within an even share of the batch,
+    else goes to the shard with the fewest events so far."""
+    per_user = Counter(event.user for event in events)
+    even_share = -(-len(events) // count)
+    load = [0] * count
+    chosen: dict[int, int] = {}
+    for user, n in per_user.items():
+        if stored.get(user) == IN_FLIGHT:
+            chosen[user] = owner[user]
+            load[owner[user]] += n
+    for user, n in sorted(per_user.items(), key=lambda item: -item[1]):
+        if user in chosen:
+            continue
+        shard = owner.get(user)
+        if shard is None or load[shard] + n > even_share:
+            shard = min(range(count), key=load.__getitem__)
+        chosen[user] = shard
+        load[shard] += n
+    return chosen
 
 
 def serve(connection: Connection, settings_values: dict[str, Any], bootstrap: str) -> None:
@@ -227,6 +276,9 @@ def serve(connection: Connection, settings_values: dict[str, Any], bootstrap: st
                 return
             if kind == "view":
                 reader.start()
+                continue
+            if kind == "forget":
+                core.forget(request[1])
                 continue
             try:
                 reply: tuple[str, Any] = ("ok", core.process(*request[1:]))

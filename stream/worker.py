@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -154,6 +154,11 @@ class WorkerCore:
             compute_s=time.perf_counter() - started - waited,
             wait_s=waited,
         )
+
+    def forget(self, users: Iterable[int]) -> None:
+        """Drop the decoded snapshots of users another core now serves."""
+        for user in users:
+            self._cache.pop(user, None)
 
     def users_resident(self) -> int:
         return len(self._cache)
