@@ -52,6 +52,23 @@ def _assert_same_snapshot(got: bytes, want: bytes, stateful: dict[str, SeqRecRun
         assert_close(a.hidden[name], b.hidden[name], atol=1e-12, rtol=1e-12)
 
 
+def _shards_beside_a_reference(
+    bootstrap: str, topic: str, log: InteractionLog, checkpoint_dir: Path, processes: int
+) -> tuple[list[Interaction], dict[str, SeqRecRunner], WorkerCore, ModelShards]:
+    """The log replayed to ``topic``; -> its events, the stateful runners, an in-thread core
+    over the whole log, and ``processes`` model processes reading the topic."""
+    replay_log(log, bootstrap, topic=topic, partitions=2, items_topic=None)
+    settings = Settings(
+        interactions_topic=topic, models=MODELS, checkpoint_dir=str(checkpoint_dir),
+        device="cpu", view_timeout_s=60.0, model_processes=processes,
+    )  # fmt: skip
+    events = list(interactions(log))
+    runners = build_runners(settings)
+    stateful = {r.name: r for r in runners if isinstance(r, SeqRecRunner)}
+    reference = WorkerCore(runners, build_view(events, 86_400.0, None), ScoringOptions())
+    return events, stateful, reference, ModelShards(settings, bootstrap, processes)
+
+
 @pytest.mark.integration
 def test_sharded_model_processes_equal_the_in_thread_core(
     kafka_bootstrap: str,
@@ -59,17 +76,9 @@ def test_sharded_model_processes_equal_the_in_thread_core(
     tiny_log: InteractionLog,
     checkpoint_dir: Path,
 ) -> None:
-    topic = unique_name("interactions")
-    replay_log(tiny_log, kafka_bootstrap, topic=topic, partitions=2, items_topic=None)
-    settings = Settings(
-        interactions_topic=topic, models=MODELS, checkpoint_dir=str(checkpoint_dir),
-        device="cpu", view_timeout_s=60.0, model_processes=3,
-    )  # fmt: skip
-    events = list(interactions(tiny_log))
-    runners = build_runners(settings)
-    stateful = {r.name: r for r in runners if isinstance(r, SeqRecRunner)}
-    reference = WorkerCore(runners, build_view(events, 86_400.0, None), ScoringOptions())
-    shards = ModelShards(settings, kafka_bootstrap, settings.model_processes)
+    events, stateful, reference, shards = _shards_beside_a_reference(
+        kafka_bootstrap, unique_name("interactions"), tiny_log, checkpoint_dir, processes=3
+    )
     try:
         shards.start_view()
         stored: dict[int, bytes] = {}
@@ -132,17 +141,9 @@ def test_pipelined_batches_with_users_in_flight_equal_the_in_thread_core(
     """As the agent hands batches over: the next batch goes out before the last is collected,
     its users from the batch before marked IN_FLIGHT, so they must stay on their shard while
     the others move to even out the load; a shard a user leaves is told to forget it."""
-    topic = unique_name("interactions")
-    replay_log(tiny_log, kafka_bootstrap, topic=topic, partitions=2, items_topic=None)
-    settings = Settings(
-        interactions_topic=topic, models=MODELS, checkpoint_dir=str(checkpoint_dir),
-        device="cpu", view_timeout_s=60.0, model_processes=2,
-    )  # fmt: skip
-    events = list(interactions(tiny_log))
-    runners = build_runners(settings)
-    stateful = {r.name: r for r in runners if isinstance(r, SeqRecRunner)}
-    reference = WorkerCore(runners, build_view(events, 86_400.0, None), ScoringOptions())
-    shards = ModelShards(settings, kafka_bootstrap, settings.model_processes)
+    events, stateful, reference, shards = _shards_beside_a_reference(
+        kafka_bootstrap, unique_name("interactions"), tiny_log, checkpoint_dir, processes=2
+    )
     forgotten: list[list[int]] = [[] for _ in shards.shards]
     left: list[list[int]] = [[] for _ in shards.shards]
     for index, process in enumerate(shards.shards):
