@@ -6,8 +6,9 @@ no Kafka and no other process, one torch thread.
         [--passes 3] [--by-call]
 
 It cuts the log into micro-batches of ``--batch-size`` events and, as the worker does with its
-model processes, gives shard 0 of ``--model-processes`` its part of each batch (the users with
-``user % N == 0``) with the snapshots the earlier batches left. It prints the CPU time of the
+model processes, gives shard 0 of ``--model-processes`` its part of each batch
+(``stream.modelproc.assign_shards``, with every user's snapshot stored: a batch here is done
+before the next) with the snapshots the earlier batches left. It prints the CPU time of the
 step per event, one line per pass over the log (each pass starts from a fresh core; the first
 includes warm-up). ``--by-call`` adds the models' read-out calls (``hidden_at``): how many, their
 rows, lengths and wanted positions, and their time.
@@ -37,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_pipeline import ML1M, load_log  # noqa: E402
 
 from replay.schema import Interaction, user_key  # noqa: E402
+from stream.modelproc import assign_shards  # noqa: E402
 from stream.offline import interactions  # noqa: E402
 from stream.runners import SeqRecRunner  # noqa: E402
 from stream.settings import Settings  # noqa: E402
@@ -56,10 +58,14 @@ class ReadOutCall:
 def shard_batches(
     events: list[Interaction], batch_size: int, shards: int
 ) -> list[list[Interaction]]:
-    """Shard 0's part of each micro-batch (the worker splits a batch by ``user % shards``)."""
+    """Shard 0's part of each micro-batch, split as the worker's ``ModelShards`` splits it."""
+    owner: dict[int, int] = {}
     parts = []
     for start in range(0, len(events), batch_size):
-        part = [e for e in events[start : start + batch_size] if e.user % shards == 0]
+        batch = events[start : start + batch_size]
+        chosen = assign_shards(batch, {}, owner, shards)  # nothing in flight
+        owner.update(chosen)
+        part = [e for e in batch if chosen[e.user] == 0]
         if part:
             parts.append(part)
     return parts
