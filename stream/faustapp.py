@@ -52,6 +52,7 @@ from faust.utils.terminal.spinners import SpinnerHandler
 from replay.schema import EndOfStream, Interaction, MalformedRecord, decode, user_key
 from stream.bootstrap import resolve_bootstrap
 from stream.modelproc import ModelShards
+from stream.processes import freeze_start_up_heap
 from stream.records import (
     Prediction,
     PredictionEnd,
@@ -482,6 +483,7 @@ def create_app(settings: Settings) -> faust.App:
     @app.task
     async def _on_start() -> None:
         drop_start_up_spinner_logging()
+        freeze_start_up_heap()  # the app and the models (in-thread core) are loaded by now
         agent.start_view()  # the reader starts reading while the group is still joining
 
     @app.agent(interactions, name="evaluate")

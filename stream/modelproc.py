@@ -31,7 +31,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from replay.schema import Interaction
-from stream.processes import die_with_parent
+from stream.processes import die_with_parent, freeze_start_up_heap
 from stream.settings import Settings
 from stream.worker import IN_FLIGHT, BatchOutput, ViewReader, build_core
 
@@ -263,6 +263,7 @@ def serve(connection: Connection, settings_values: dict[str, Any], bootstrap: st
         _send(connection, ("error", traceback.format_exc()))
         return
     reader = ViewReader(bootstrap, settings.interactions_topic, view)
+    freeze_start_up_heap()
     if not _send(connection, ("ok", [runner.name for runner in core.runners])):
         return
     try:

@@ -8,6 +8,7 @@ bounded time, then SIGKILL (Faust can hang on shutdown after an agent error).
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import signal
 import subprocess
@@ -32,6 +33,16 @@ def die_with_parent(signum: int) -> Callable[[], None]:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signum)
 
     return arm
+
+
+def freeze_start_up_heap() -> None:
+    """Keep what a long-lived process has loaded so far (torch, the libraries, the models, the
+    Faust app) out of the garbage collector's full passes: it lives as long as the process, and
+    each full pass walked all of it, about 0.15-0.25 s per pass in a worker or a model process
+    on the benchmark machine (docs/streaming.md, "Garbage collection"). Start-up garbage is
+    collected first, so that nothing unreachable is kept."""
+    gc.collect()
+    gc.freeze()
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout_s: float) -> int | None:
