@@ -167,8 +167,10 @@ class CpuMeter:
     def sample(self, running: list[RunningGroup]) -> None:
         workers = [p.pid for group in running for p in group.processes if p.pid is not None]
         children = [c for pid in workers for c in child_pids(pid)]
-        in_children = sum(cpu_seconds(pid) for pid in children)
+        # the main threads before their processes: the other way round, a main thread's ticks
+        # between the two reads showed up as negative CPU time of the view readers
         model_threads = sum(cpu_seconds(pid, thread=pid) for pid in children)
+        in_children = sum(cpu_seconds(pid) for pid in children)
         used = {
             "worker": sum(cpu_seconds(pid) for pid in workers),
             # a model process's main thread runs the model step; its other thread, the view reader
