@@ -3,7 +3,7 @@ no Kafka and no other process, one torch thread.
 
     python bench/bench_step.py [--events 6000] [--batch-size 256] [--model-processes 2]
         [--models pop,sasrec,ttt4rec] [--ttt4rec-policy windowed] [--dtype float64]
-        [--passes 3] [--by-call]
+        [--passes 3] [--by-call] [--profile-ops N]
 
 It cuts the log into micro-batches of ``--batch-size`` events and, as the worker does with its
 model processes, gives shard 0 of ``--model-processes`` its part of each batch
@@ -11,7 +11,9 @@ model processes, gives shard 0 of ``--model-processes`` its part of each batch
 before the next) with the snapshots the earlier batches left. It prints the CPU time of the
 step per event, one line per pass over the log (each pass starts from a fresh core; the first
 includes warm-up). ``--by-call`` adds the models' read-out calls (``hidden_at``): how many, their
-rows, lengths and wanted positions, and their time.
+rows, lengths and wanted positions, and their time. ``--profile-ops N`` runs the last pass under
+``torch.profiler`` and prints the ATen calls per event and the N operators with the most CPU
+time of their own (the profiler slows every call down: read the shares, not the times).
 
 The model threads' CPU per event in ``bench_pipeline.py`` against the lines here says what the
 pipeline costs the step: there the step shares the cores with the worker, the sink and the
@@ -22,6 +24,7 @@ machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 import time
@@ -104,6 +107,14 @@ def record_read_outs(core: WorkerCore, calls: list[ReadOutCall]) -> None:
         setattr(runner.model, "hidden_at", timed)  # noqa: B010  (an instance attribute, on purpose)
 
 
+def print_operators(profiler: torch.profiler.profile, events: int, rows: int) -> None:
+    """The ATen calls per event, then the ``rows`` operators with the most self CPU time."""
+    averages = profiler.key_averages()
+    calls = sum(a.count for a in averages if a.key.startswith("aten::"))
+    print(f"\n{calls} ATen calls, {calls / events:.1f} per event")
+    print(averages.table(sort_by="self_cpu_time_total", row_limit=rows))
+
+
 def one_pass(
     settings: Settings,
     events: list[Interaction],
@@ -150,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     parser.add_argument("--passes", type=int, default=3)
     parser.add_argument("--by-call", action="store_true", help="time the read-out calls")
+    parser.add_argument("--profile-ops", type=int, default=0, metavar="N",
+                        help="profile the last pass; print the N costliest operators")  # fmt: skip
     args = parser.parse_args(argv)
     if args.model_processes < 1 or args.passes < 1:
         parser.error("--model-processes and --passes must be at least 1")
@@ -176,9 +189,16 @@ def main(argv: list[str] | None = None) -> int:
     calls: list[ReadOutCall] = []
     for number in range(args.passes):
         last = number == args.passes - 1
-        used = one_pass(settings, events, batches, calls if args.by_call and last else None,
-                        args.batch_size)  # fmt: skip
-        print(f"pass {number + 1}: {used * 1000 / n_events:.3f} CPU ms per event")
+        profiler = None
+        if last and args.profile_ops > 0:
+            profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+        with profiler if profiler is not None else contextlib.nullcontext():
+            used = one_pass(settings, events, batches, calls if args.by_call and last else None,
+                            args.batch_size)  # fmt: skip
+        print(f"pass {number + 1}: {used * 1000 / n_events:.3f} CPU ms per event"
+              f"{'' if profiler is None else ' (profiled)'}")  # fmt: skip
+        if profiler is not None:
+            print_operators(profiler, n_events, args.profile_ops)
     if calls:
         print_calls(calls, n_events)
     return 0
