@@ -2,7 +2,8 @@
 
 A worker is ``python -m faust -A stream.app worker --without-web --datadir DIR -l warn`` with the
 settings passed as ``SHIFTSTREAM_*`` environment variables. Stopping sends SIGTERM and waits a
-bounded time, then SIGKILL (Faust can hang on shutdown after an agent error).
+bounded time, then SIGKILL (Faust can hang on shutdown after an agent error). Long-lived
+processes (a worker, a model process) freeze their start-up heap once everything is loaded.
 """
 
 from __future__ import annotations
