@@ -138,6 +138,13 @@ def machine_cpu_seconds() -> tuple[float, float]:
     return busy / CLOCK_TICKS, (busy + idle + iowait + steal) / CLOCK_TICKS
 
 
+def thread_ids(pid: int) -> list[int]:
+    try:
+        return [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return []
+
+
 def child_pids(pid: int) -> list[int]:
     try:
         return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
@@ -167,15 +174,18 @@ class CpuMeter:
     def sample(self, running: list[RunningGroup]) -> None:
         workers = [p.pid for group in running for p in group.processes if p.pid is not None]
         children = [c for pid in workers for c in child_pids(pid)]
-        # the main threads before their processes: the other way round, a main thread's ticks
-        # between the two reads showed up as negative CPU time of the view readers
-        model_threads = sum(cpu_seconds(pid, thread=pid) for pid in children)
-        in_children = sum(cpu_seconds(pid) for pid in children)
         used = {
             "worker": sum(cpu_seconds(pid) for pid in workers),
-            # a model process's main thread runs the model step; its other thread, the view reader
-            "model threads": model_threads,
-            "view readers": in_children - model_threads,
+            # a model process's main thread runs the model step; its other threads read the global
+            # view. Each thread is read on its own: the process's total minus its main thread's
+            # came out below zero at times (the kernel scales a process's total apart).
+            "model threads": sum(cpu_seconds(pid, thread=pid) for pid in children),
+            "view readers": sum(
+                cpu_seconds(pid, thread=tid)
+                for pid in children
+                for tid in thread_ids(pid)
+                if tid != pid
+            ),
             "bench": time.process_time(),
             "broker": 0.0 if self.broker_pid is None else cpu_seconds(self.broker_pid),
         }
