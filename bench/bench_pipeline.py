@@ -98,10 +98,16 @@ def steady_rate(frame: pl.DataFrame) -> float:
     return 0.8 * frame["written_ms"].drop_nulls().len() / ((high - low) / 1000.0)
 
 
-def measure(out_dir: Path, model: str, settle_s: float | None = None) -> dict[str, float]:
-    """Throughput and latency; with ``settle_s``, latency only of events produced that long after
-    the first prediction was written (the worker is up and the start-up backlog is gone)."""
-    frame = pl.read_parquet(out_dir / PREDICTIONS_FILE).filter(pl.col("model") == model)
+def predictions_by_model(out_dir: Path) -> dict[str, pl.DataFrame]:
+    """A run's prediction rows, read once, by model."""
+    frame = pl.read_parquet(out_dir / PREDICTIONS_FILE)
+    return {model: frame.filter(pl.col("model") == model) for model in frame["model"].unique()}
+
+
+def measure(frame: pl.DataFrame, settle_s: float | None = None) -> dict[str, float]:
+    """Throughput and latency of one model's prediction rows; with ``settle_s``, latency only of
+    events produced that long after the first prediction was written (the worker is up and the
+    start-up backlog is gone)."""
     if settle_s is not None:
         start = frame["written_ms"].min()
         frame = frame.filter(pl.col("produced_ms") > start + settle_s * 1000.0)  # type: ignore[operator]
@@ -334,12 +340,10 @@ def main(argv: list[str] | None = None) -> int:
                 assert result.state.complete(), result.state.summary()
                 name = label if args.repeat == 1 else f"{label} #{repetition + 1}"
                 models = ["passthrough"] if passthrough else list(settings.models)
+                predictions = predictions_by_model(out)
                 for model in models:
-                    results[f"{name}:{model}"] = measure(out, model)
-                written = pl.read_parquet(out / PREDICTIONS_FILE).filter(
-                    pl.col("model") == models[-1]
-                )["written_ms"]
-                cpu[name] = meter.per_event_ms(written)
+                    results[f"{name}:{model}"] = measure(predictions[model])
+                cpu[name] = meter.per_event_ms(predictions[models[-1]]["written_ms"])
                 writes = changelog_records(bootstrap, f"{settings.app_id}-user-states-changelog")
                 cpu[name]["snapshot writes per event"] = writes / log.events.height
                 rate = results[f"{name}:{models[-1]}"]["events_per_s"]
@@ -367,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         speed = {"speed": parse_speed(f"{factor:.0f}x"), "max_gap_s": 1.0}
         run_pipeline(log, [Group(settings, out)], bootstrap, 3000, replay_options=speed)
         label = f"paced[{policies[0]}] {paced_rate:.0f} ev/s:{base.models[-1]}"
-        results[label] = measure(out, base.models[-1], 2.0)
+        results[label] = measure(predictions_by_model(out)[base.models[-1]], 2.0)
     torch.set_num_threads(1)
     sample = InteractionLog(log.name, log.events.head(min(3000, log.events.height)))
     memory: dict[str, float] = {}
