@@ -39,9 +39,9 @@ def die_with_parent(signum: int) -> Callable[[], None]:
 def freeze_start_up_heap() -> None:
     """Keep what a long-lived process has loaded so far (torch, the libraries, the models, the
     Faust app) out of the garbage collector's full passes: it lives as long as the process, and
-    each full pass walked all of it, about 0.15-0.25 s per pass in a worker or a model process
-    on the benchmark machine (docs/streaming.md, "Garbage collection"). Start-up garbage is
-    collected first, so that nothing unreachable is kept."""
+    each full pass walked all of it (0.13-0.28 s of collector time per benchmark run in a worker
+    or a model process, most of it one full pass; docs/streaming.md, "Garbage collection").
+    Start-up garbage is collected first, so that nothing unreachable is kept."""
     gc.collect()
     gc.freeze()
 
